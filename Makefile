@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# CPU defaults for a small shared machine; the caller's settings win.
+export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m hepattr_jax demo
+
+test: $(STAMP)
+	$(BIN)/ruff check hepattr_jax tests benchmarks experiments
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check hepattr_jax tests benchmarks experiments
+	$(BIN)/ruff format --check hepattr_jax tests benchmarks experiments
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/tracin_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
