@@ -35,7 +35,7 @@ class Batch(NamedTuple):
     """What crosses the jit boundary: padded graphs, labels and the mask of real graphs.
 
     Attributes:
-      graphs: padded ``jraph.GraphsTuple`` (``edges`` is None; ``globals`` holds event-level inputs).
+      graphs: padded ``jraph.GraphsTuple`` (``edges`` None; ``globals`` = event-level inputs).
       labels: float32 ``[n_graph]`` (or ``[B, 2]`` in a per-example stack); 0 on padding graphs.
       graph_mask: bool, same shape as ``labels``: True for real events.
     """
@@ -116,7 +116,7 @@ class GraphSet:
         return np.diff(self.edge_offsets)
 
     def single_budget(self, n_node: int | None = None) -> Budget:
-        """Budget for one event alone (per-example stack): the largest event plus one padding node."""
+        """Budget for one event alone (per-example stack): largest event plus one padding node."""
         nmax = int(self.events.n_node.max()) if n_node is None else n_node
         emax = int(self.n_edge.max()) if len(self) else 0
         if n_node is not None:
@@ -124,7 +124,7 @@ class GraphSet:
         return Budget(n_node=nmax + 1, n_edge=max(emax, 1), n_graph=2)
 
     def batch_budget(self, batch_size: int) -> Budget:
-        """Budget that fits any ``batch_size`` events of this set (worst case), plus a padding graph."""
+        """Budget for any ``batch_size`` events of this set (worst case) plus a padding graph."""
         nmax = int(self.events.n_node.max())
         emax = int(self.n_edge.max())
         return Budget(batch_size * nmax + 1, batch_size * emax + 1, batch_size + 1)
@@ -132,7 +132,11 @@ class GraphSet:
     def check_fits(self, budget: Budget, positions: np.ndarray, what: str) -> None:
         nn = self.events.n_node[positions]
         ne = self.n_edge[positions]
-        if nn.sum() + 1 > budget.n_node or ne.sum() > budget.n_edge or len(positions) + 1 > budget.n_graph:
+        if (
+            nn.sum() + 1 > budget.n_node
+            or ne.sum() > budget.n_edge
+            or len(positions) + 1 > budget.n_graph
+        ):
             raise DataError(
                 f"{self.events.source}: {what}: {len(positions)} events with {nn.sum()} nodes, "
                 f"{ne.sum()} edges exceed the padding budget {budget}"
@@ -171,12 +175,19 @@ class GraphSet:
         mask = np.zeros(budget.n_graph, bool)
         mask[:b] = True
         graphs = jraph.GraphsTuple(
-            nodes=nodes, edges=None, senders=senders, receivers=receivers,
-            globals=globals_, n_node=n_node, n_edge=n_edge,
+            nodes=nodes,
+            edges=None,
+            senders=senders,
+            receivers=receivers,
+            globals=globals_,
+            n_node=n_node,
+            n_edge=n_edge,
         )
         return Batch(graphs, labels, mask)
 
-    def example_stack(self, positions: np.ndarray, budget: Budget, size: int | None = None) -> Batch:
+    def example_stack(
+        self, positions: np.ndarray, budget: Budget, size: int | None = None
+    ) -> Batch:
         """Each event at ``positions`` padded alone to ``budget``, stacked: leading axis ``size``.
 
         ``size`` (default ``len(positions)``) may exceed the number of events: the extra slots
@@ -224,8 +235,13 @@ class GraphSet:
         mask = np.zeros((size, 2), bool)
         mask[:b, 0] = True
         graphs = jraph.GraphsTuple(
-            nodes=nodes, edges=None, senders=senders, receivers=receivers,
-            globals=globals_, n_node=n_node, n_edge=n_edge,
+            nodes=nodes,
+            edges=None,
+            senders=senders,
+            receivers=receivers,
+            globals=globals_,
+            n_node=n_node,
+            n_edge=n_edge,
         )
         return Batch(graphs, labels, mask)
 
@@ -253,7 +269,9 @@ def _ragged_rows(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Row indices of the items of the given ragged entries, in order (vectorised)."""
     counts = offsets[positions + 1] - offsets[positions]
     starts = np.repeat(offsets[positions], counts)
-    rank = np.arange(counts.sum()) - np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    rank = np.arange(counts.sum()) - np.repeat(
+        np.concatenate([[0], np.cumsum(counts)[:-1]]), counts
+    )
     return (starts + rank).astype(np.int64)
 
 
@@ -266,7 +284,9 @@ def build_graphs(events: EventSet, edges: str = "fully_connected") -> GraphSet:
     elif edges.startswith("knn:"):
         k = int(edges.split(":")[1])
         if events.eta_phi is None:
-            raise DataError(f"{events.source}: kNN edges need (eta, phi) columns; this set has none")
+            raise DataError(
+                f"{events.source}: kNN edges need (eta, phi) columns; this set has none"
+            )
         ie, ip = events.eta_phi
         parts = []
         for i in range(len(events)):

@@ -28,7 +28,8 @@ class EventSet:
       offsets: int64 ``[N + 1]``; the objects of event ``i`` are ``nodes[offsets[i]:offsets[i+1]]``.
       nodes: float32 ``[sum_i n_i, F]`` per-object features, named by ``node_names``.
       node_names: ``F`` feature names.
-      globals: float32 ``[N, G]`` event-level model inputs (``G`` may be 0), named by ``global_names``.
+      globals: float32 ``[N, G]`` event-level model inputs (``G`` may be 0), named by
+        ``global_names``.
       global_names: ``G`` names.
       physics: per-event high-level quantities ``{name: float64 [N]}`` kept beside the events for
         probes and plots (jet mass, multiplicity, missing momentum, ...); never model inputs.
@@ -73,12 +74,15 @@ class EventSet:
         for i, x in enumerate(node_lists):
             x = np.asarray(x, dtype=np.float32)
             if x.ndim != 2 and not (x.ndim == 1 and x.size == 0):
-                raise DataError(f"{source}: event index {i}: node features must be [n, F], got {x.shape}")
+                raise DataError(
+                    f"{source}: event index {i}: node features must be [n, F], got {x.shape}"
+                )
             x = x.reshape(-1, f) if x.size == 0 else x
             if x.shape[1] != f:
                 eid = int(ids[i]) if ids is not None else i
                 raise DataError(
-                    f"{source}: event id {eid}: {x.shape[1]} node features, expected {f} {node_names}"
+                    f"{source}: event id {eid}: {x.shape[1]} node features, "
+                    f"expected {f} {node_names}"
                 )
             arrays.append(x)
         nodes = np.concatenate(arrays, axis=0) if arrays else np.zeros((0, f), np.float32)
@@ -173,8 +177,10 @@ class EventSet:
                 f"{self.node_names}"
             )
         if self.nodes.shape[0] != self.offsets[-1]:
-            raise DataError(f"{src}: field 'nodes' has {self.nodes.shape[0]} rows, offsets say "
-                            f"{self.offsets[-1]}")
+            raise DataError(
+                f"{src}: field 'nodes' has {self.nodes.shape[0]} rows, offsets say "
+                f"{self.offsets[-1]}"
+            )
         if self.globals.shape != (n, self.n_globals):
             raise DataError(
                 f"{src}: field 'globals' has shape {self.globals.shape}, expected "
@@ -210,11 +216,13 @@ class EventSet:
             )
         for k, v in self.physics.items():
             if v.shape != (n,):
-                raise DataError(f"{src}: physics quantity '{k}' has shape {v.shape}, expected ({n},)")
+                raise DataError(
+                    f"{src}: physics quantity '{k}' has shape {v.shape}, expected ({n},)"
+                )
         return self
 
     def fingerprint(self) -> str:
-        """sha256 (hex, 16 chars) of ids, labels, offsets, features and names: identifies the data."""
+        """sha256 (16 hex chars) of ids, labels, offsets, features and names."""
         h = hashlib.sha256()
         for a in (self.ids, self.labels, self.offsets, self.nodes, self.globals):
             h.update(np.ascontiguousarray(a).tobytes())
@@ -224,7 +232,7 @@ class EventSet:
 
 # --------------------------------------------------------------------- splits
 def _uniform_from_ids(ids: np.ndarray, seed: int) -> np.ndarray:
-    """A deterministic uniform in [0, 1) per id (splitmix64 of id and seed): stable under subsetting."""
+    """Deterministic uniform in [0, 1) per id (splitmix64 of id, seed): stable under subsetting."""
     with np.errstate(over="ignore"):
         z = ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -242,7 +250,9 @@ def split_by_id(
     never moves it.
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9:
-        raise DataError(f"split fractions must be three non-negative numbers summing to 1: {fractions}")
+        raise DataError(
+            f"split fractions must be three non-negative numbers summing to 1: {fractions}"
+        )
     u = _uniform_from_ids(events.ids, seed)
     a, b = fractions[0], fractions[0] + fractions[1]
     return {

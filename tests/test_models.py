@@ -1,0 +1,107 @@
+"""Models: parameter count, permutation invariance, padding invariance, no gradient from padding."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hepattr_jax.data.events import EventSet
+from hepattr_jax.data.synthetic import random_events
+from hepattr_jax.errors import ConfigError
+from hepattr_jax.graphs import build_graphs
+from hepattr_jax.losses import bce_with_logits, example_loss, mean_loss
+from hepattr_jax.models import MODELS, count_params, make_model
+
+ALL = sorted(MODELS)
+VARIANTS = [(m, g) for m in ALL for g in (False, True)]
+
+
+def _init(name, use_globals, gs, batch):
+    model = make_model(name, use_globals=use_globals)
+    return model, model.init(jax.random.key(1), batch.graphs)
+
+
+def test_edgeconv_has_46081_parameters():
+    ev = random_events(4, seed=0)
+    gs = build_graphs(ev)
+    _, params = _init("edgeconv", False, gs, gs.training_batch(np.arange(4), gs.batch_budget(4)))
+    assert count_params(params) == 46_081
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ConfigError, match="edgeconv"):
+        make_model("transformer")
+    with pytest.raises(ConfigError, match="hidden_size"):
+        make_model("edgeconv", hidden_size=3)
+
+
+@pytest.mark.parametrize("name,use_globals", VARIANTS)
+def test_permuting_an_events_nodes_leaves_its_logit_unchanged(name, use_globals, small_events):
+    gs = build_graphs(small_events)
+    budget = gs.batch_budget(len(gs))
+    batch = gs.training_batch(np.arange(len(gs)), budget)
+    model, params = _init(name, use_globals, gs, batch)
+    logits = model.apply(params, batch.graphs)
+
+    rng = np.random.default_rng(0)
+    perm_lists = []
+    for i in range(len(small_events)):
+        x = small_events.event_nodes(i)
+        perm_lists.append(x[rng.permutation(len(x))])
+    permuted = EventSet.from_lists(
+        perm_lists,
+        small_events.labels,
+        small_events.node_names,
+        globals=small_events.globals,
+        global_names=small_events.global_names,
+    )
+    gp = build_graphs(permuted)
+    logits_p = model.apply(params, gp.training_batch(np.arange(len(gp)), budget).graphs)
+    np.testing.assert_allclose(logits_p[:10], logits[:10], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,use_globals", VARIANTS)
+def test_padding_leaves_real_logits_unchanged(name, use_globals, small_events):
+    gs = build_graphs(small_events)
+    pos = np.arange(len(gs))
+    tight = gs.training_batch(pos, gs.batch_budget(len(gs)))
+    model, params = _init(name, use_globals, gs, tight)
+    ref = model.apply(params, tight.graphs)[:10]
+    # A much larger budget (more padding nodes, edges and empty graphs).
+    big = gs.batch_budget(3 * len(gs))
+    loose = model.apply(params, gs.training_batch(pos, big).graphs)
+    np.testing.assert_allclose(loose[:10], ref, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(loose))
+    # Each event padded alone in a per-example stack (vmapped), including single-node events.
+    stack = gs.example_stack(pos, gs.single_budget(), size=12)
+    per = jax.vmap(model.apply, in_axes=(None, 0))(params, stack.graphs)
+    np.testing.assert_allclose(per[:10, 0], ref, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(per))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_padding_contributes_no_gradient(name, small_events):
+    gs = build_graphs(small_events)
+    pos = np.arange(len(gs))
+    model, params = _init(name, True, gs, gs.training_batch(pos, gs.batch_budget(len(gs))))
+    grad = jax.grad(functools.partial(mean_loss, model.apply))
+    g_tight = grad(params, gs.training_batch(pos, gs.batch_budget(len(gs))))
+    g_loose = grad(params, gs.training_batch(pos, gs.batch_budget(2 * len(gs))))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_tight, g_loose
+    )
+    # An all-padding slot of a per-example stack has exactly zero gradient.
+    stack = gs.example_stack(pos[:1], gs.single_budget(), size=2)
+    empty = jax.tree_util.tree_map(lambda x: x[1], stack)
+    g_empty = jax.grad(functools.partial(example_loss, model.apply))(params, empty)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree_util.tree_leaves(g_empty))
+
+
+def test_bce_with_logits_matches_the_definition():
+    z = jnp.array([-30.0, -2.0, 0.0, 3.0, 40.0])
+    y = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])
+    z64, y64 = np.asarray(z, np.float64), np.asarray(y, np.float64)
+    ref = np.logaddexp(0.0, z64) - y64 * z64  # -log sigmoid(z)^y (1 - sigmoid(z))^(1 - y)
+    np.testing.assert_allclose(bce_with_logits(z, y), ref, rtol=1e-6)
