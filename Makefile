@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m hepattr_jax demo
+	$(BIN)/python experiments/quickstart/demo.py
 
 test: $(STAMP)
 	$(BIN)/ruff check hepattr_jax tests benchmarks experiments

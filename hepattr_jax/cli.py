@@ -1,0 +1,66 @@
+"""Command line: ``hepattr train CONFIG`` (also ``python -m hepattr_jax``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hepattr_jax.errors import HepattrError
+
+
+def _cmd_train(args) -> int:
+    from hepattr_jax.config import load_config
+    from hepattr_jax.train import train
+
+    config = load_config(args.config)
+    overrides = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value[:1] in '[{0123456789-tf"' else value
+    if overrides:
+        from hepattr_jax.config import TrainConfig
+
+        config = TrainConfig.from_dict({**config.to_dict(), **overrides}, source="--set")
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    result = train(config, run_dir, progress=not args.quiet)
+    t = result["test"]
+    print(
+        f"test AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  F1 {t['f1']:.4f}  "
+        f"(best epoch {result['best_epoch'] + 1}, {len(result['checkpoint_steps'])} checkpoints)"
+    )
+    print(f"run directory: {run_dir.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hepattr", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a GNN from a TOML config into a run directory")
+    t.add_argument("config", help="TOML file of TrainConfig settings")
+    t.add_argument("--run-dir", help="output directory (default runs/CONFIG_STEM)")
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set epochs=3 (JSON values)",
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=_cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HepattrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Data sources by name: ``load_dataset("qg_jets" | "susy_sim" | "parquet", **kwargs)``.
+
+============ ========================================== ===========================================
+name         function                                   what
+============ ========================================== ===========================================
+``qg_jets``  :func:`~hepattr_jax.data.qg_jets.load_qg_jets`      real quark/gluon jets, track graphs
+``susy_sim`` :func:`~hepattr_jax.data.susy_sim.simulate_susy`    simulated chargino vs WW dileptons
+``parquet``  :func:`~hepattr_jax.data.parquet.load_parquet`      users' own events in Parquet
+============ ========================================== ===========================================
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from hepattr_jax.data.events import EventSet
+from hepattr_jax.data.parquet import load_parquet
+from hepattr_jax.data.qg_jets import load_qg_jets
+from hepattr_jax.data.susy_sim import simulate_susy
+from hepattr_jax.errors import ConfigError
+
+DATASETS: dict[str, Callable[..., EventSet]] = {
+    "qg_jets": load_qg_jets,
+    "susy_sim": simulate_susy,
+    "parquet": load_parquet,
+}
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The valid dataset names, sorted."""
+    return tuple(sorted(DATASETS))
+
+
+def load_dataset(name: str, **kwargs) -> EventSet:
+    """Loads the data source ``name`` with keyword arguments passed to its function.
+
+    Raises:
+      ConfigError: an unknown name (the message lists the valid ones), or arguments the source
+        does not take (the message lists the ones it does).
+    """
+    try:
+        fn = DATASETS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}"
+        ) from None
+    sig = inspect.signature(fn)
+    try:
+        sig.bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"dataset {name!r}: {e}; it takes: {', '.join(sig.parameters)}") from None
+    return fn(**kwargs)

@@ -1,0 +1,310 @@
+"""TracIn over saved checkpoints (Pruthi et al. 2020, arXiv 2002.08484, "TracInCP").
+
+With checkpoints ``theta_k`` and the learning rates ``eta_k`` the schedule used there, and the
+per-event loss ``l(z; theta)``:
+
+* self-influence ``SI(z) = sum_k eta_k ||grad l(z; theta_k)||^2``;
+* influence of train event ``z`` on test event ``z'``:
+  ``I(z, z') = sum_k eta_k <grad l(z; theta_k), grad l(z'; theta_k)>``;
+* top-k proponents (largest ``I``) and opponents (smallest ``I``) of each test event.
+
+Gradients are exact and over the full parameter vector. The fast functions take a *layout* from
+:mod:`hepattr_jax.per_example` and stream events in chunks (memory bounded by ``chunk_size`` and,
+for train x test, by ``test_block`` test events' gradients kept for all K checkpoints); top-k is
+merged chunk by chunk and never forms the N x M matrix. The ``*_reference`` functions are the
+obviously-correct loop the tests and benchmarks compare with: one event at a time, a jitted
+single-event gradient of the flax model, accumulated in Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from tqdm.auto import tqdm
+
+from hepattr_jax.graphs import GraphSet
+from hepattr_jax.losses import example_loss
+from hepattr_jax.per_example import (
+    flat_grad_one,
+    self_influence_kernel,
+    stack_params,
+)
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """K checkpoints as one stacked parameter tree, with their learning rates and identities.
+
+    Attributes:
+      params: parameter tree with a leading axis ``K`` on every leaf.
+      lrs: float ``[K]``, the learning rate the schedule used at each checkpoint (``eta_k``).
+      steps: the K optimiser steps.
+      hashes: content hash of each checkpoint's parameters (for score-store metadata).
+    """
+
+    params: Params
+    lrs: np.ndarray
+    steps: tuple[int, ...] = ()
+    hashes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_list(cls, params_list: Sequence[Params], lrs: Sequence[float], steps=(), hashes=()):
+        return cls(
+            stack_params(list(params_list)),
+            np.asarray(lrs, np.float64),
+            tuple(steps),
+            tuple(hashes),
+        )
+
+    def __len__(self) -> int:
+        return len(self.lrs)
+
+    def at(self, k: int) -> Params:
+        return jax.tree_util.tree_map(lambda x: x[k], self.params)
+
+    def lr_array(self):
+        dtype = jax.tree_util.tree_leaves(self.params)[0].dtype
+        return jnp.asarray(self.lrs, dtype)
+
+
+# --------------------------------------------------------------------- reference loop
+def single_event_grad_fn(apply_fn: Callable) -> Callable:
+    """Jitted ``grad l(z; theta)`` of one event padded alone (two-graph Batch), flattened."""
+    return jax.jit(functools.partial(flat_grad_one, functools.partial(example_loss, apply_fn)))
+
+
+def _reference_grads(apply_fn, params, gs: GraphSet, grad_fn, budget) -> np.ndarray:
+    out = []
+    for i in range(len(gs)):
+        ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.array([i]), budget))
+        out.append(np.asarray(grad_fn(params, ex), np.float64))
+    return np.stack(out) if out else np.zeros((0, 0))
+
+
+def self_influence_reference(
+    apply_fn: Callable, ckpts: Checkpoints, gs: GraphSet, progress: bool = False
+) -> np.ndarray:
+    """``[N]`` self-influence by the plain loop: one jitted single-event gradient per event."""
+    grad_fn = single_event_grad_fn(apply_fn)
+    budget = gs.single_budget()
+    out = np.zeros(len(gs))
+    for k in range(len(ckpts)):
+        params = ckpts.at(k)
+        for i in tqdm(range(len(gs)), disable=not progress, desc=f"reference k={k}"):
+            ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.array([i]), budget))
+            g = np.asarray(grad_fn(params, ex), np.float64)
+            out[i] += ckpts.lrs[k] * float(g @ g)
+    return out
+
+
+def influence_matrix_reference(
+    apply_fn: Callable, ckpts: Checkpoints, train: GraphSet, test: GraphSet
+) -> np.ndarray:
+    """``[N_train, N_test]`` influence by the plain loop (float64 accumulation)."""
+    grad_fn = single_event_grad_fn(apply_fn)
+    out = np.zeros((len(train), len(test)))
+    for k in range(len(ckpts)):
+        params = ckpts.at(k)
+        g_tr = _reference_grads(apply_fn, params, train, grad_fn, train.single_budget())
+        g_te = _reference_grads(apply_fn, params, test, grad_fn, test.single_budget())
+        out += ckpts.lrs[k] * (g_tr @ g_te.T)
+    return out
+
+
+# --------------------------------------------------------------------- fast kernels
+def self_influence(
+    layout,
+    ckpts: Checkpoints,
+    gs: GraphSet,
+    *,
+    chunk_size: int = 128,
+    per_checkpoint: bool = False,
+    positions: np.ndarray | None = None,
+    progress: bool = True,
+    on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    skip_chunk: Callable[[int], bool] | None = None,
+) -> np.ndarray:
+    """Self-influence of the events of ``gs`` (in stored order): ``[N]``, or ``[K, N]``.
+
+    ``on_chunk(index, positions, values [K, c])`` and ``skip_chunk(index)`` let a score store
+    persist chunks and skip those already on disk (see :mod:`hepattr_jax.store`); chunk indices
+    are deterministic for a given ``gs`` and ``chunk_size``.
+    """
+    kernel = self_influence_kernel(layout.loss_one)
+    n = len(gs) if positions is None else len(positions)
+    out = np.zeros((len(ckpts), len(gs)))
+    lrs = ckpts.lr_array()
+    with tqdm(total=n, desc="self-influence", unit="ev", disable=not progress) as bar:
+        for idx, chunk in enumerate(layout.chunks(gs, chunk_size, positions)):
+            c = len(chunk.positions)
+            if skip_chunk is not None and skip_chunk(idx):
+                bar.update(c)
+                continue
+            vals = np.asarray(kernel(ckpts.params, lrs, chunk.data), np.float64)[:, :c]
+            out[:, chunk.positions] = vals
+            if on_chunk is not None:
+                on_chunk(idx, chunk.positions, vals)
+            bar.update(c)
+    return out if per_checkpoint else out.sum(0)
+
+
+def _test_grads(
+    layout, ckpts: Checkpoints, test: GraphSet, positions: np.ndarray, chunk_size: int
+) -> jax.Array:
+    """``[K, M, P]`` flat gradients of the test events at ``positions`` (in that order)."""
+    kernel = jax.jit(
+        jax.vmap(
+            jax.vmap(functools.partial(flat_grad_one, layout.loss_one), in_axes=(None, 0)),
+            in_axes=(0, None),
+        )
+    )
+    where = {int(p): i for i, p in enumerate(positions)}
+    flat0 = ravel_pytree(ckpts.at(0))[0]
+    out = np.zeros((len(ckpts), len(positions), flat0.shape[0]), flat0.dtype)
+    for chunk in layout.chunks(test, chunk_size, positions):
+        g = np.asarray(kernel(ckpts.params, chunk.data))
+        rows = [where[int(p)] for p in chunk.positions]
+        out[:, rows] = g[:, : len(rows)]
+    return jnp.asarray(out)
+
+
+def _train_test_kernel(loss_one: Callable) -> Callable:
+    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [K, M, P]) -> [C, M]``."""
+    per_event = jax.vmap(functools.partial(flat_grad_one, loss_one), in_axes=(None, 0))
+
+    @jax.jit
+    def f(params_k, lr_k, chunk, test_grads):
+        def body(acc, xs):
+            params, lr, g_te = xs
+            return acc + lr * (per_event(params, chunk) @ g_te.T), None
+
+        c = jax.tree_util.tree_leaves(chunk)[0].shape[0]
+        acc0 = jnp.zeros((c, test_grads.shape[1]), jnp.result_type(test_grads, lr_k))
+        return jax.lax.scan(body, acc0, (params_k, lr_k, test_grads))[0]
+
+    return f
+
+
+def _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume):
+    kernel = _train_test_kernel(layout.loss_one)
+    lrs = ckpts.lr_array()
+    blocks = [np.arange(s, min(s + test_block, len(test))) for s in range(0, len(test), test_block)]
+    with tqdm(
+        total=len(train) * len(blocks), desc="train x test", unit="ev", disable=not progress
+    ) as bar:
+        for block in blocks:
+            g_te = _test_grads(layout, ckpts, test, block, chunk_size)
+            for chunk in layout.chunks(train, chunk_size):
+                c = len(chunk.positions)
+                scores = np.asarray(kernel(ckpts.params, lrs, chunk.data, g_te), np.float64)[:c]
+                consume(block, chunk.positions, scores)
+                bar.update(c)
+
+
+def default_test_block(ckpts: Checkpoints, memory_bytes: float = 1.5e9) -> int:
+    """How many test events' gradients (for all K checkpoints, float32) fit in ``memory_bytes``."""
+    p_dim = ravel_pytree(ckpts.at(0))[0].shape[0]
+    return max(1, int(memory_bytes // (4 * p_dim * len(ckpts))))
+
+
+def influence_matrix(
+    layout,
+    ckpts: Checkpoints,
+    train: GraphSet,
+    test: GraphSet,
+    *,
+    chunk_size: int = 128,
+    test_block: int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """``[N_train, N_test]`` TracIn influence, exact."""
+    out = np.zeros((len(train), len(test)))
+    test_block = test_block or default_test_block(ckpts)
+
+    def consume(block, pos, scores):
+        out[np.ix_(pos, block)] = scores
+
+    _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TopK:
+    """Per test event: the ``k`` train events of largest and of smallest influence.
+
+    ``proponents``/``opponents``: int64 ``[M, k]`` positions into the train GraphSet, ordered
+    from the strongest; ``*_scores``: float64 ``[M, k]``.
+    """
+
+    proponents: np.ndarray
+    proponent_scores: np.ndarray
+    opponents: np.ndarray
+    opponent_scores: np.ndarray
+
+
+def _merge_top(best_s, best_i, new_s, new_i, k):
+    """Keeps the k largest of (best, new) along axis 1; ties broken by smaller train position."""
+    s = np.concatenate([best_s, new_s], axis=1)
+    i = np.concatenate([best_i, new_i], axis=1)
+    order = _lexsort_rows(-s, i)[:, :k]
+    return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+
+
+def _lexsort_rows(primary, secondary):
+    """Per row, the order sorting by ``primary`` then ``secondary`` (both ``[R, L]``)."""
+    return np.lexsort((secondary, primary), axis=1)
+
+
+def top_k(
+    layout,
+    ckpts: Checkpoints,
+    train: GraphSet,
+    test: GraphSet,
+    k: int,
+    *,
+    chunk_size: int = 128,
+    test_block: int | None = None,
+    progress: bool = True,
+) -> TopK:
+    """Top-k proponents and opponents of every test event, merged chunk by chunk (streaming)."""
+    k = min(k, len(train))
+    test_block = test_block or default_test_block(ckpts)
+    parts = {}
+
+    def consume(block, pos, scores):
+        key = (int(block[0]), int(block[-1]))
+        if key not in parts:
+            empty = (np.zeros((len(block), 0)), np.zeros((len(block), 0), np.int64))
+            parts[key] = {"pro": empty, "opp": empty}
+        st = parts[key]
+        idx = np.broadcast_to(pos[None, :], (len(block), len(pos)))
+        st["pro"] = _merge_top(*st["pro"], scores.T, idx, k)
+        st["opp"] = _merge_top(*st["opp"], -scores.T, idx, k)
+
+    _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume)
+    rows = sorted(parts)
+    pro_s = np.concatenate([parts[r]["pro"][0] for r in rows])
+    pro_i = np.concatenate([parts[r]["pro"][1] for r in rows])
+    opp_s = np.concatenate([parts[r]["opp"][0] for r in rows])
+    opp_i = np.concatenate([parts[r]["opp"][1] for r in rows])
+    return TopK(pro_i, pro_s, opp_i, -opp_s)
+
+
+def top_k_from_matrix(matrix: np.ndarray, k: int) -> TopK:
+    """Reference top-k from a full ``[N, M]`` matrix (ties broken by smaller train position)."""
+    n = matrix.shape[0]
+    idx = np.broadcast_to(np.arange(n)[None, :], (matrix.shape[1], n))
+    pro = _lexsort_rows(-matrix.T, idx)[:, :k]
+    opp = _lexsort_rows(matrix.T, idx)[:, :k]
+    return TopK(
+        pro, np.take_along_axis(matrix.T, pro, 1), opp, np.take_along_axis(matrix.T, opp, 1)
+    )

@@ -1,0 +1,351 @@
+"""Training: data preparation, optimiser and schedule, jitted steps, early stopping, checkpoints.
+
+The run directory written by :func:`train`::
+
+    RUN_DIR/config.json          the TrainConfig (a resumed run must match it)
+    RUN_DIR/normalization.json   feature standardisation fitted on the training split
+    RUN_DIR/checkpoints/         orbax, one per ``checkpoint_every`` epochs, all kept, each with
+                                 step, epoch, learning rate used, config and data fingerprints
+    RUN_DIR/history.json         per-epoch train/validation metrics
+    RUN_DIR/metrics.json         final validation and test metrics of the best epoch
+    RUN_DIR/predictions_test.npz event ids, labels and logits on the test split
+    RUN_DIR/loss_curve.png, roc.png
+
+Every file is written atomically, and training resumes from the latest checkpoint: a run killed
+after epoch k and restarted ends with the same parameters as an uninterrupted one (the batch order
+of epoch e depends only on ``(seed, e)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from hepattr_jax import metrics as metrics_lib
+from hepattr_jax.checkpoints import CheckpointStore
+from hepattr_jax.config import TrainConfig
+from hepattr_jax.data.events import EventSet, Normalizer, split_by_id
+from hepattr_jax.data.registry import load_dataset
+from hepattr_jax.errors import ConfigError
+from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
+from hepattr_jax.io_utils import atomic_write_bytes, atomic_write_json
+from hepattr_jax.losses import mean_loss, per_graph_loss
+from hepattr_jax.models import make_model
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------- data
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """Normalised train/val/test graphs and what made them."""
+
+    train: GraphSet
+    val: GraphSet
+    test: GraphSet
+    normalizer: Normalizer
+    fingerprint: str  # of the raw events, before splitting
+
+
+def prepare_data(config: TrainConfig, events: EventSet | None = None) -> PreparedData:
+    """Loads (or takes) the events, splits by id, fits the normalisation on train, adds edges.
+
+    Edges are built from the raw features (kNN distances in physical eta/phi), then the node and
+    event-level features are standardised with the training split's statistics.
+    """
+    if events is None:
+        events = load_dataset(config.dataset, **config.dataset_kwargs)
+    splits = split_by_id(events, config.split, seed=config.split_seed)
+    for name, part in splits.items():
+        if len(part) == 0 and name != "val":
+            raise ConfigError(f"split {name!r} of {events.source} is empty ({config.split})")
+    norm = Normalizer.fit(splits["train"])
+    graphs = {}
+    for name, part in splits.items():
+        gs = build_graphs(part, config.edges)
+        graphs[name] = dataclasses.replace(gs, events=norm.apply(gs.events))
+    return PreparedData(graphs["train"], graphs["val"], graphs["test"], norm, events.fingerprint())
+
+
+def batches(gs: GraphSet, batch_size: int, budget: Budget, order: np.ndarray | None = None):
+    """Yields padded training batches of ``gs`` (in ``order`` if given, else in stored order)."""
+    order = np.arange(len(gs)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        yield gs.training_batch(order[start : start + batch_size], budget)
+
+
+# --------------------------------------------------------------------- optimiser
+def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """Learning rate per update step: linear warm-up, then constant, cosine or exponential decay."""
+    total = max(config.epochs * steps_per_epoch, 1)
+    warm = min(config.warmup_epochs * steps_per_epoch, total - 1)
+    if config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warm else config.lr,
+            peak_value=config.lr,
+            warmup_steps=warm,
+            decay_steps=total,
+            end_value=config.lr * 0.01,
+        )
+    if config.schedule == "exponential":
+        decay = optax.exponential_decay(config.lr, max(total - warm, 1), decay_rate=0.01)
+    else:
+        decay = optax.constant_schedule(config.lr)
+    if warm == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warm), decay], [warm])
+
+
+def make_optimizer(config: TrainConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+
+# --------------------------------------------------------------------- steps
+def make_steps(apply_fn: Callable, tx: optax.GradientTransformation):
+    """Jitted ``train_step(state, batch) -> (state, loss)`` and ``eval_step(params, batch)``.
+
+    ``state`` is ``{"params", "opt_state", "step"}``; each compiles once per padding budget.
+    """
+
+    @jax.jit
+    def train_step(state, batch: Batch):
+        loss, grads = jax.value_and_grad(partial(mean_loss, apply_fn))(state["params"], batch)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
+
+    @jax.jit
+    def eval_step(params, batch: Batch):
+        logits = apply_fn(params, batch.graphs)
+        return logits, per_graph_loss(apply_fn, params, batch)
+
+    return train_step, eval_step
+
+
+def predict(eval_step, params, gs: GraphSet, batch_size: int, budget: Budget):
+    """Logits and losses of every event of ``gs``, in stored order (float64 NumPy ``[N]``)."""
+    logits, losses = [], []
+    for batch in batches(gs, batch_size, budget):
+        lg, ls = eval_step(params, batch)
+        m = np.asarray(batch.graph_mask)
+        logits.append(np.asarray(lg)[m])
+        losses.append(np.asarray(ls)[m])
+    cat = lambda x: np.concatenate(x).astype(np.float64) if x else np.zeros(0)  # noqa: E731
+    return cat(logits), cat(losses)
+
+
+def init_state(config: TrainConfig, model, tx, example: Batch):
+    params = model.init(jax.random.key(config.seed), example.graphs)
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def model_from_config(config: TrainConfig):
+    kwargs = dict(config.model_kwargs)
+    kwargs.setdefault("use_globals", config.use_globals)
+    return make_model(config.model, **kwargs)
+
+
+# --------------------------------------------------------------------- driver
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    events: EventSet | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Trains (or resumes) the run in ``run_dir``; returns the final metrics dict.
+
+    ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is safely on disk
+    (tests use it to interrupt a run).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if TrainConfig.from_dict(_tuples(old), str(cfg_path)).fingerprint() != config.fingerprint():
+            raise ConfigError(
+                f"{run_dir}: holds a run with a different config; use a new run directory"
+            )
+    atomic_write_json(cfg_path, config.to_dict())
+
+    data = prepare_data(config, events)
+    data.normalizer.save(run_dir / "normalization.json")
+    budget = data.train.batch_budget(config.batch_size)
+    steps_per_epoch = -(-len(data.train) // config.batch_size)
+    schedule = make_schedule(config, steps_per_epoch)
+    tx = make_optimizer(config, schedule)
+    model = model_from_config(config)
+    train_step, eval_step = make_steps(model.apply, tx)
+
+    example = data.train.training_batch(np.arange(min(len(data.train), config.batch_size)), budget)
+    state = init_state(config, model, tx, example)
+    store = CheckpointStore(
+        run_dir / "checkpoints",
+        config_fingerprint=config.fingerprint(),
+        data_fingerprint=data.fingerprint,
+    )
+    history: list[dict] = []
+    start_epoch = 0
+    best = {"epoch": -1, "val_loss": np.inf, "bad_epochs": 0}
+    latest = store.latest_step()
+    if latest is not None:
+        state = store.restore(latest, state)
+        meta = store.meta(latest)
+        history = meta["extra"]["history"]
+        best = meta["extra"]["best"]
+        start_epoch = meta["epoch"] + 1
+        log.info("resuming %s from epoch %d (step %d)", run_dir, start_epoch, latest)
+
+    stopped = best.get("stopped", False)
+    for epoch in range(start_epoch, config.epochs):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train))
+        losses = []
+        bar = tqdm(
+            batches(data.train, config.batch_size, budget, order),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for batch in bar:
+            state, loss = train_step(state, batch)
+            losses.append(loss)
+        train_loss = float(np.mean(jax.device_get(losses)))
+        val_logits, val_losses = predict(
+            eval_step, state["params"], data.val, config.batch_size, budget
+        )
+        record = {
+            "epoch": epoch,
+            "step": int(state["step"]),
+            "lr": float(schedule(int(state["step"]) - 1)),
+            "train_loss": train_loss,
+            "val_loss": float(val_losses.mean()) if len(val_losses) else float("nan"),
+            "val_auroc": _safe_auroc(data.val.events.labels, val_logits),
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if record["val_loss"] < best["val_loss"]:
+            best = {"epoch": epoch, "val_loss": record["val_loss"], "bad_epochs": 0}
+        else:
+            best = {**best, "bad_epochs": best["bad_epochs"] + 1}
+        if config.patience and best["bad_epochs"] >= config.patience:
+            best["stopped"] = True
+            stopped = True
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1:3d}  train loss {train_loss:.4f}  val loss "
+                f"{record['val_loss']:.4f}  val AUROC {record['val_auroc']:.4f}  "
+                f"lr {record['lr']:.2e}  {record['seconds']:.1f}s"
+            )
+        last = epoch == config.epochs - 1 or stopped
+        if (epoch + 1) % config.checkpoint_every == 0 or last:
+            store.save(
+                int(state["step"]),
+                state,
+                lr=record["lr"],
+                epoch=epoch,
+                extra={"history": history, "best": best},
+            )
+        atomic_write_json(run_dir / "history.json", history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+
+    # Evaluate the best saved epoch (or the last state if the best was never checkpointed).
+    best_state = state
+    best_step = _step_of_epoch(store, best["epoch"])
+    if best_step is not None:
+        best_state = store.restore(best_step, state)
+    params = best_state["params"]
+    val_logits, _ = predict(eval_step, params, data.val, config.batch_size, budget)
+    test_logits, test_losses = predict(eval_step, params, data.test, config.batch_size, budget)
+    test_labels = data.test.events.labels
+    result = {
+        "run_dir": str(run_dir),
+        "model": config.model,
+        "use_globals": config.use_globals,
+        "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "checkpoint_steps": store.steps(),
+        "data_fingerprint": data.fingerprint,
+        "config_fingerprint": config.fingerprint(),
+        "test": {
+            **metrics_lib.binary_metrics(test_labels, test_logits),
+            "loss": float(test_losses.mean()),
+        },
+        "val": (
+            metrics_lib.binary_metrics(data.val.events.labels, val_logits) if len(data.val) else {}
+        ),
+    }
+    atomic_write_json(run_dir / "metrics.json", result)
+    _save_npz(
+        run_dir / "predictions_test.npz",
+        ids=data.test.events.ids,
+        labels=test_labels,
+        logits=test_logits,
+    )
+    _plots(run_dir, history, test_labels, test_logits, data.test.events)
+    return result
+
+
+def _plots(run_dir: Path, history, labels, logits, test_events: EventSet) -> None:
+    from hepattr_jax import plotting
+
+    if history:
+        plotting.loss_curves(history, run_dir / "loss_curve.png")
+    curves = {}
+    fpr, tpr, _ = metrics_lib.roc_curve(labels, logits)
+    curves["GNN"] = (fpr, tpr, metrics_lib.auroc(labels, logits))
+    if "chg_mult" in test_events.physics:
+        x = test_events.physics["chg_mult"]
+        fpr, tpr, _ = metrics_lib.roc_curve(labels, x)
+        curves["charged multiplicity"] = (fpr, tpr, metrics_lib.auroc(labels, x))
+    plotting.roc_curves(curves, run_dir / "roc.png", title="test set")
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _safe_auroc(labels, scores) -> float:
+    try:
+        return float(metrics_lib.auroc(labels, scores))
+    except ValueError:
+        return float("nan")
+
+
+def _step_of_epoch(store: CheckpointStore, epoch: int) -> int | None:
+    for step in store.steps():
+        if store.meta(step)["epoch"] == epoch:
+            return step
+    return None
+
+
+def _tuples(d: dict) -> dict:
+    d = dict(d)
+    if "split" in d:
+        d["split"] = tuple(d["split"])
+    return d
