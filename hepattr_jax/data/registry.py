@@ -1,4 +1,4 @@
-"""Data sources by name: ``load_dataset("qg_jets" | "susy_sim" | "parquet", **kwargs)``.
+"""Data sources by name: ``load_dataset("qg_jets" | "susy_sim" | "parquet" | "random", **kwargs)``.
 
 ============ ========================================== ===========================================
 name         function                                   what
@@ -6,6 +6,7 @@ name         function                                   what
 ``qg_jets``  :func:`~hepattr_jax.data.qg_jets.load_qg_jets`      real quark/gluon jets, track graphs
 ``susy_sim`` :func:`~hepattr_jax.data.susy_sim.simulate_susy`    simulated chargino vs WW dileptons
 ``parquet``  :func:`~hepattr_jax.data.parquet.load_parquet`      users' own events in Parquet
+``random``   :func:`~hepattr_jax.data.synthetic.random_events`  random shapes (tests, benchmarks)
 ============ ========================================== ===========================================
 """
 
@@ -18,12 +19,14 @@ from hepattr_jax.data.events import EventSet
 from hepattr_jax.data.parquet import load_parquet
 from hepattr_jax.data.qg_jets import load_qg_jets
 from hepattr_jax.data.susy_sim import simulate_susy
+from hepattr_jax.data.synthetic import random_events
 from hepattr_jax.errors import ConfigError
 
 DATASETS: dict[str, Callable[..., EventSet]] = {
     "qg_jets": load_qg_jets,
     "susy_sim": simulate_susy,
     "parquet": load_parquet,
+    "random": random_events,
 }
 
 
