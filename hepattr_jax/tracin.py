@@ -35,6 +35,7 @@ from hepattr_jax.per_example import (
     flat_grad_one,
     self_influence_kernel,
     stack_params,
+    stacked_grad_kernel,
 )
 
 Params = Any
@@ -77,8 +78,9 @@ class Checkpoints:
 
 
 # --------------------------------------------------------------------- reference loop
+@functools.lru_cache(maxsize=16)
 def single_event_grad_fn(apply_fn: Callable) -> Callable:
-    """Jitted ``grad l(z; theta)`` of one event padded alone (two-graph Batch), flattened."""
+    """Jitted flat ``grad l(z; theta)`` of one event padded alone (cached per ``apply_fn``)."""
     return jax.jit(functools.partial(flat_grad_one, functools.partial(example_loss, apply_fn)))
 
 
@@ -139,7 +141,7 @@ def self_influence(
     persist chunks and skip those already on disk (see :mod:`hepattr_jax.store`); chunk indices
     are deterministic for a given ``gs`` and ``chunk_size``.
     """
-    kernel = self_influence_kernel(layout.loss_one)
+    kernel = self_influence_kernel(layout)
     n = len(gs) if positions is None else len(positions)
     out = np.zeros((len(ckpts), len(gs)))
     lrs = ckpts.lr_array()
@@ -161,12 +163,7 @@ def _test_grads(
     layout, ckpts: Checkpoints, test: GraphSet, positions: np.ndarray, chunk_size: int
 ) -> jax.Array:
     """``[K, M, P]`` flat gradients of the test events at ``positions`` (in that order)."""
-    kernel = jax.jit(
-        jax.vmap(
-            jax.vmap(functools.partial(flat_grad_one, layout.loss_one), in_axes=(None, 0)),
-            in_axes=(0, None),
-        )
-    )
+    kernel = stacked_grad_kernel(layout)
     where = {int(p): i for i, p in enumerate(positions)}
     flat0 = ravel_pytree(ckpts.at(0))[0]
     out = np.zeros((len(ckpts), len(positions), flat0.shape[0]), flat0.dtype)
@@ -177,9 +174,10 @@ def _test_grads(
     return jnp.asarray(out)
 
 
-def _train_test_kernel(loss_one: Callable) -> Callable:
-    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [K, M, P]) -> [C, M]``."""
-    per_event = jax.vmap(functools.partial(flat_grad_one, loss_one), in_axes=(None, 0))
+@functools.lru_cache(maxsize=32)
+def _train_test_kernel(layout) -> Callable:
+    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [K, M, P]) -> [C, M]`` (cached)."""
+    per_event = jax.vmap(functools.partial(flat_grad_one, layout.loss_one), in_axes=(None, 0))
 
     @jax.jit
     def f(params_k, lr_k, chunk, test_grads):
@@ -195,7 +193,7 @@ def _train_test_kernel(loss_one: Callable) -> Callable:
 
 
 def _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume):
-    kernel = _train_test_kernel(layout.loss_one)
+    kernel = _train_test_kernel(layout)
     lrs = ckpts.lr_array()
     blocks = [np.arange(s, min(s + test_block, len(test))) for s in range(0, len(test), test_block)]
     with tqdm(

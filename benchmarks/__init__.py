@@ -1,0 +1,1 @@
+"""Benchmarks of hepattr_jax (importable so tests can call their ``main``)."""
