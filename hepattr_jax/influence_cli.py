@@ -1,0 +1,188 @@
+"""``hepattr influence {self,matrix,topk} RUN_DIR``: TracIn scores of a finished training run.
+
+* ``self``: self-influence of every event of a split (default train), chunk by chunk into a
+  resumable score store: a killed run, started again with the same arguments, computes only the
+  chunks not yet on disk. Writes ``scores.npy`` ``[N]``, ``scores_per_checkpoint.npy`` ``[K, N]``
+  and ``event_ids.npy``.
+* ``matrix``: the ``[N_train, N_test]`` influence matrix as ``influence.npy`` with
+  ``event_ids.npy`` (rows, train) and ``test_event_ids.npy`` (columns).
+* ``topk``: the ``k`` strongest proponents and opponents of every test event, as train event ids
+  and scores in ``topk.npz``, and ``topk_summary.md`` for the first few test events.
+
+Results go to ``RUN_DIR/influence/<kind>_<split>`` unless ``--out`` says otherwise; every output
+directory is a :mod:`hepattr_jax.store` (``meta.json`` records the checkpoints, data and settings,
+and a directory made from other inputs is refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from hepattr_jax.store import SPLITS
+
+N_SHOWN = 5
+
+
+def add_parser(subparsers) -> None:
+    """Adds ``influence`` with its ``self``, ``matrix`` and ``topk`` subcommands."""
+    p = subparsers.add_parser(
+        "influence",
+        help="TracIn influence scores of a training run (self, matrix, topk)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="influence_command", required=True)
+
+    def common(q, default_chunk=128):
+        q.add_argument("run_dir", type=Path, help="run directory written by `hepattr train`")
+        q.add_argument(
+            "--chunk-size",
+            type=int,
+            default=default_chunk,
+            help=f"events per kernel call (default {default_chunk})",
+        )
+        q.add_argument(
+            "--out", type=Path, help="output directory (default under RUN_DIR/influence)"
+        )
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("self", help="self-influence of every event of a split (resumable)")
+    common(s)
+    s.add_argument("--split", choices=SPLITS, default="train", help="events to score")
+    s.set_defaults(func=_cmd_self)
+
+    for name, fn, what in (
+        ("matrix", _cmd_matrix, "the N_train x N_test influence matrix"),
+        ("topk", _cmd_topk, "top-k proponents and opponents of each test event"),
+    ):
+        q = sub.add_parser(name, help=what)
+        common(q)
+        q.add_argument(
+            "--test-split", choices=SPLITS, default="test", help="events influenced (columns)"
+        )
+        q.add_argument(
+            "--test-block",
+            type=int,
+            help="test events whose gradients are held at once (default: what fits in 1.5 GB)",
+        )
+        if name == "topk":
+            q.add_argument(
+                "-k", type=int, default=10, help="proponents/opponents kept (default 10)"
+            )
+        q.set_defaults(func=fn)
+
+
+def _positive(args, *names) -> None:
+    from hepattr_jax.errors import ConfigError
+
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def _load(args):
+    from hepattr_jax.runs import load_run
+
+    _positive(args, "chunk_size", "test_block", "k")
+    return load_run(args.run_dir)
+
+
+def _cmd_self(args) -> int:
+    from hepattr_jax.store import scored_self_influence
+
+    run = _load(args)
+    out = args.out or args.run_dir / "influence" / f"self_influence_{args.split}"
+    ids, total, per_k = scored_self_influence(
+        run, out, split=args.split, chunk_size=args.chunk_size, progress=not args.quiet
+    )
+    labels = getattr(run.data, args.split).events.labels
+    print(
+        f"self-influence of {len(ids)} {args.split} events over {per_k.shape[0]} checkpoints "
+        f"-> {Path(out).resolve()}"
+    )
+    print(f"highest {min(N_SHOWN, len(ids))}:")
+    print(f"  {'event id':>10}  {'label':>5}  {'self-influence':>14}")
+    for i in np.argsort(-total, kind="stable")[:N_SHOWN]:
+        print(f"  {ids[i]:>10d}  {labels[i]:>5d}  {total[i]:>14.6g}")
+    return 0
+
+
+def _cmd_matrix(args) -> int:
+    from hepattr_jax.store import scored_influence_matrix
+
+    run = _load(args)
+    out = args.out or args.run_dir / "influence" / f"matrix_{args.test_split}"
+    ids, test_ids, m = scored_influence_matrix(
+        run,
+        out,
+        test_split=args.test_split,
+        chunk_size=args.chunk_size,
+        test_block=args.test_block,
+        progress=not args.quiet,
+    )
+    print(
+        f"influence of {len(ids)} train events on {len(test_ids)} {args.test_split} events "
+        f"-> {Path(out).resolve() / 'influence.npy'}"
+    )
+    print(f"  range [{m.min():.6g}, {m.max():.6g}], mean |I| {np.abs(m).mean():.6g}")
+    return 0
+
+
+def topk_summary(arrays: dict, train_labels: dict, test_labels: dict, n: int, show: int = 3) -> str:
+    """Markdown table of the strongest ``show`` proponents/opponents of the first ``n`` test
+    events; each cell is ``id (label) score``."""
+    lines = [
+        "| test event (label) | proponents: id (label) score | opponents: id (label) score |",
+        "|---|---|---|",
+    ]
+
+    def cell(ids, scores):
+        return "<br>".join(
+            f"{i} ({train_labels[int(i)]}) {s:.4g}"
+            for i, s in zip(ids[:show], scores[:show], strict=True)
+        )
+
+    for r in range(min(n, len(arrays["test_event_ids"]))):
+        t = int(arrays["test_event_ids"][r])
+        lines.append(
+            f"| {t} ({test_labels[t]}) "
+            f"| {cell(arrays['proponent_ids'][r], arrays['proponent_scores'][r])} "
+            f"| {cell(arrays['opponent_ids'][r], arrays['opponent_scores'][r])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_topk(args) -> int:
+    from hepattr_jax.io_utils import atomic_write_text
+    from hepattr_jax.store import scored_top_k
+
+    run = _load(args)
+    out = Path(args.out or args.run_dir / "influence" / f"top{args.k}_{args.test_split}")
+    arrays = scored_top_k(
+        run,
+        out,
+        args.k,
+        test_split=args.test_split,
+        chunk_size=args.chunk_size,
+        test_block=args.test_block,
+        progress=not args.quiet,
+    )
+    ev_tr, ev_te = run.data.train.events, getattr(run.data, args.test_split).events
+    summary = topk_summary(
+        arrays,
+        dict(zip(ev_tr.ids.tolist(), ev_tr.labels.tolist(), strict=True)),
+        dict(zip(ev_te.ids.tolist(), ev_te.labels.tolist(), strict=True)),
+        N_SHOWN,
+    )
+    atomic_write_text(out / "topk_summary.md", summary)
+    k = arrays["proponent_ids"].shape[1]
+    print(
+        f"top-{k} proponents/opponents of {len(arrays['test_event_ids'])} {args.test_split} "
+        f"events -> {out.resolve() / 'topk.npz'}"
+    )
+    print(summary, end="")
+    return 0
