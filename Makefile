@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python experiments/quickstart/demo.py
+	$(BIN)/python -m experiments.gnn_irst.study --preset demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check hepattr_jax tests benchmarks experiments

@@ -89,3 +89,15 @@ def load_config(path: str | Path) -> TrainConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     return TrainConfig.from_dict(raw, source=str(path))
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig saved in a run directory's ``config.json``."""
+    path = Path(run_dir) / "config.json"
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir}: not a run directory (no config.json)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: corrupt ({e})") from None
+    return TrainConfig.from_dict(d, source=str(path))

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
     )
     sub = p.add_subparsers(dest="influence_command", required=True)
 
-    def common(q, default_chunk=128):
+    def common(q, default_chunk=64):
         q.add_argument("run_dir", type=Path, help="run directory written by `hepattr train`")
         q.add_argument(
             "--chunk-size",

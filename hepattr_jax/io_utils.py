@@ -31,10 +31,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=json_default))
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy scalars and arrays and paths."""
     import numpy as np
 
     if isinstance(o, np.generic):

@@ -7,15 +7,14 @@ training (influence, studies, explanations) starts from :func:`load_run`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
 from hepattr_jax.checkpoints import CheckpointStore, params_subtree
-from hepattr_jax.config import TrainConfig
+from hepattr_jax.config import TrainConfig, load_run_config
 from hepattr_jax.data.events import EventSet
-from hepattr_jax.errors import CheckpointError, ConfigError
+from hepattr_jax.errors import CheckpointError
 from hepattr_jax.tracin import Checkpoints
 from hepattr_jax.train import (
     PreparedData,
@@ -46,27 +45,18 @@ class Run:
     checkpoints: Checkpoints
 
 
-def load_config_json(run_dir: Path) -> TrainConfig:
-    path = run_dir / "config.json"
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir}: not a run directory (no config.json)") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: corrupt ({e})") from None
-    if "split" in d:
-        d["split"] = tuple(d["split"])
-    return TrainConfig.from_dict(d, source=str(path))
-
-
 def load_run(
-    run_dir: str | Path, *, events: EventSet | None = None, steps: list[int] | None = None
+    run_dir: str | Path,
+    *,
+    events: EventSet | None = None,
+    data: PreparedData | None = None,
+    steps: list[int] | None = None,
 ) -> Run:
     """Reopens ``run_dir``: rebuilds the data (checked against the checkpoints' data
     fingerprint) and loads the checkpoints ``steps`` (default: all)."""
     run_dir = Path(run_dir)
-    config = load_config_json(run_dir)
-    data = prepare_data(config, events)
+    config = load_run_config(run_dir)
+    data = prepare_data(config, events) if data is None else data
     store = CheckpointStore(
         run_dir / "checkpoints",
         config_fingerprint=config.fingerprint(),

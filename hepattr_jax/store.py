@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from hepattr_jax.errors import StoreError
-from hepattr_jax.io_utils import atomic_write_bytes, atomic_write_json
+from hepattr_jax.io_utils import atomic_write_bytes, atomic_write_json, json_default
 
 if TYPE_CHECKING:
     from hepattr_jax.graphs import GraphSet
@@ -85,28 +85,18 @@ def array_digest(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _json_ready(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"store meta: not JSON serialisable: {type(o).__name__}")
-
-
 def _canonical(meta: Mapping[str, Any]) -> dict:
     """The meta as JSON would read it back (tuples -> lists, NumPy scalars -> Python)."""
-    return json.loads(json.dumps(dict(meta), sort_keys=True, default=_json_ready))
+    return json.loads(json.dumps(dict(meta), sort_keys=True, default=json_default))
 
 
 def _meta_sha(meta: Mapping[str, Any]) -> str:
-    text = json.dumps(_canonical(meta), sort_keys=True, default=_json_ready)
+    text = json.dumps(_canonical(meta), sort_keys=True, default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _short(value: Any, limit: int = 160) -> str:
-    s = json.dumps(value, default=_json_ready)
+    s = json.dumps(value, default=json_default)
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
@@ -573,7 +563,7 @@ def scored_self_influence(
     store_dir: str | Path,
     *,
     split: str = "train",
-    chunk_size: int = 128,
+    chunk_size: int = 64,
     progress: bool = True,
 ) -> SelfInfluenceScores:
     """TracIn self-influence of ``run``'s ``split`` events, persisted chunk by chunk in a
@@ -633,7 +623,7 @@ def scored_influence_matrix(
     store_dir: str | Path,
     *,
     test_split: str = "test",
-    chunk_size: int = 128,
+    chunk_size: int = 64,
     test_block: int | None = None,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -668,7 +658,7 @@ def scored_top_k(
     k: int,
     *,
     test_split: str = "test",
-    chunk_size: int = 128,
+    chunk_size: int = 64,
     test_block: int | None = None,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:

@@ -128,7 +128,7 @@ def self_influence(
     ckpts: Checkpoints,
     gs: GraphSet,
     *,
-    chunk_size: int = 128,
+    chunk_size: int = 64,
     per_checkpoint: bool = False,
     positions: np.ndarray | None = None,
     progress: bool = True,
@@ -220,7 +220,7 @@ def influence_matrix(
     train: GraphSet,
     test: GraphSet,
     *,
-    chunk_size: int = 128,
+    chunk_size: int = 64,
     test_block: int | None = None,
     progress: bool = True,
 ) -> np.ndarray:
@@ -269,7 +269,7 @@ def top_k(
     test: GraphSet,
     k: int,
     *,
-    chunk_size: int = 128,
+    chunk_size: int = 64,
     test_block: int | None = None,
     progress: bool = True,
 ) -> TopK:

@@ -19,7 +19,7 @@ of epoch e depends only on ``(seed, e)``).
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from hepattr_jax import metrics as metrics_lib
 from hepattr_jax.checkpoints import CheckpointStore
-from hepattr_jax.config import TrainConfig
+from hepattr_jax.config import TrainConfig, load_run_config
 from hepattr_jax.data.events import EventSet, Normalizer, split_by_id
 from hepattr_jax.data.registry import load_dataset
 from hepattr_jax.errors import ConfigError
@@ -55,7 +55,13 @@ class PreparedData:
     val: GraphSet
     test: GraphSet
     normalizer: Normalizer
-    fingerprint: str  # of the raw events, before splitting
+    fingerprint: str  # of the raw events, before splitting (and of any training subset)
+
+    def with_train(self, train: GraphSet) -> PreparedData:
+        """The same validation/test splits and normalisation with another training set (a
+        distilled subset, or relabelled events); the fingerprint then also covers ``train``."""
+        fp = hashlib.sha256(f"{self.fingerprint}/{train.events.fingerprint()}".encode())
+        return dataclasses.replace(self, train=train, fingerprint=fp.hexdigest()[:16])
 
 
 def prepare_data(config: TrainConfig, events: EventSet | None = None) -> PreparedData:
@@ -125,12 +131,23 @@ def make_steps(apply_fn: Callable, tx: optax.GradientTransformation):
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
 
+    return train_step, make_eval_step(apply_fn)
+
+
+def make_eval_step(apply_fn: Callable):
+    """Jitted ``eval_step(params, batch) -> (logits, per-graph losses)``."""
+
     @jax.jit
     def eval_step(params, batch: Batch):
         logits = apply_fn(params, batch.graphs)
         return logits, per_graph_loss(apply_fn, params, batch)
 
-    return train_step, eval_step
+    return eval_step
+
+
+def evaluate_events(apply_fn: Callable, params, gs: GraphSet, batch_size: int = 256):
+    """Logits and losses ``[N]`` (float64) of every event of ``gs`` under ``params``."""
+    return predict(make_eval_step(apply_fn), params, gs, batch_size, gs.batch_budget(batch_size))
 
 
 def predict(eval_step, params, gs: GraphSet, batch_size: int, budget: Budget):
@@ -164,10 +181,14 @@ def train(
     run_dir: str | Path,
     *,
     events: EventSet | None = None,
+    data: PreparedData | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Trains (or resumes) the run in ``run_dir``; returns the final metrics dict.
+
+    The data come from ``config.dataset`` unless ``events`` (raw events, split and normalised
+    here) or ``data`` (already prepared, e.g. ``PreparedData.with_train(subset)``) are given.
 
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is safely on disk
     (tests use it to interrupt a run).
@@ -176,14 +197,13 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.json"
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if TrainConfig.from_dict(_tuples(old), str(cfg_path)).fingerprint() != config.fingerprint():
+        if load_run_config(run_dir).fingerprint() != config.fingerprint():
             raise ConfigError(
                 f"{run_dir}: holds a run with a different config; use a new run directory"
             )
     atomic_write_json(cfg_path, config.to_dict())
 
-    data = prepare_data(config, events)
+    data = prepare_data(config, events) if data is None else data
     data.normalizer.save(run_dir / "normalization.json")
     budget = data.train.batch_budget(config.batch_size)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
@@ -344,10 +364,3 @@ def _step_of_epoch(store: CheckpointStore, epoch: int) -> int | None:
         if store.meta(step)["epoch"] == epoch:
             return step
     return None
-
-
-def _tuples(d: dict) -> dict:
-    d = dict(d)
-    if "split" in d:
-        d["split"] = tuple(d["split"])
-    return d

@@ -1,7 +1,7 @@
-"""`make demo`: train EdgeConv on the real quark/gluon jets, with and without jet-level inputs,
-and compare with the classic charged-multiplicity discriminant on the same test events.
+"""Train EdgeConv on the real quark/gluon jets, with and without jet-level inputs, and compare
+with the classic charged-multiplicity discriminant on the same test events.
 
-Command: ``.venv/bin/python experiments/quickstart/demo.py [--out runs/demo] [--epochs N]``
+Command: ``.venv/bin/python -m experiments.quickstart.demo [--out runs/quickstart] [--epochs N]``
 Writes ``OUT/report.md`` (tables and plots) and prints its path. Seeds: model seed 0, split seed 0.
 Expected on a 2-core CPU: a few minutes.
 """
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from hepattr_jax.data.registry import load_dataset
 
 from hepattr_jax import metrics
 from hepattr_jax.config import load_config
 from hepattr_jax.data.events import split_by_id
+from hepattr_jax.data.registry import load_dataset
 from hepattr_jax.plotting import roc_curves
 from hepattr_jax.train import train
 
@@ -29,7 +29,7 @@ HERE = Path(__file__).parent
 
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--out", default="runs/quickstart")
     ap.add_argument("--epochs", type=int, default=None, help="override the configs' epochs")
     ap.add_argument("--max-jets", type=int, default=None, help="use only the first N jets")
     args = ap.parse_args(argv)

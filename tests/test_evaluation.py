@@ -1,0 +1,78 @@
+"""Removal rules and mislabel-detection bookkeeping against hand-computed answers."""
+
+import numpy as np
+import pytest
+
+from hepattr_jax.evaluation import (
+    detection_rates,
+    flip_labels,
+    random_keep,
+    remove_above_robust_threshold,
+    remove_top_fraction,
+    robust_threshold,
+)
+
+SCORES = np.array([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 0.0])
+LABELS = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+
+
+def test_remove_top_fraction_drops_the_largest():
+    keep = remove_top_fraction(SCORES, 0.3)
+    assert sorted(np.flatnonzero(~keep).tolist()) == [2, 4, 6]  # scores 9, 7, 8
+    keep = remove_top_fraction(SCORES, 0.2, largest=False)
+    assert sorted(np.flatnonzero(~keep).tolist()) == [1, 9]  # scores 1, 0
+    assert remove_top_fraction(SCORES, 0.0).all()
+    assert not remove_top_fraction(SCORES, 1.0).any()
+
+
+def test_remove_top_fraction_per_class_keeps_class_balance():
+    keep = remove_top_fraction(SCORES, 0.4, labels=LABELS, per_class=True)
+    # class 0 scores [5,1,9,3,7] -> drop 9, 7; class 1 scores [2,8,4,6,0] -> drop 8, 6
+    assert sorted(np.flatnonzero(~keep).tolist()) == [2, 4, 6, 8]
+
+
+def test_ties_are_broken_by_position():
+    keep = remove_top_fraction(np.array([1.0, 3.0, 3.0, 3.0]), 0.5)
+    assert np.flatnonzero(~keep).tolist() == [1, 2]
+
+
+def test_robust_threshold_matches_hand_computation():
+    # percentiles (linear) of 0..9: q25 = 2.25, q50 = 4.5, q75 = 6.75 -> IQR 4.5
+    assert robust_threshold(SCORES, 0.5) == pytest.approx(4.5 + 0.5 * 4.5)
+    keep = remove_above_robust_threshold(SCORES, 0.5)
+    assert np.flatnonzero(~keep).tolist() == [2, 4, 6]  # above 6.75: 9, 7, 8
+    keep = remove_above_robust_threshold(SCORES, 0.0, labels=LABELS, per_class=True)
+    # medians: class 0 -> 5, class 1 -> 4; dropped: 9, 7 and 8, 6
+    assert sorted(np.flatnonzero(~keep).tolist()) == [2, 4, 6, 8]
+
+
+def test_random_keep_has_the_requested_size_and_is_seeded():
+    a = random_keep(100, 37, seed=3)
+    assert a.sum() == 37
+    assert (a == random_keep(100, 37, seed=3)).all()
+    assert not (a == random_keep(100, 37, seed=4)).all()
+    with pytest.raises(ValueError):
+        random_keep(10, 11, seed=0)
+
+
+def test_bad_scores_are_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        remove_top_fraction(np.array([1.0, np.nan]), 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        remove_top_fraction(SCORES, 1.5)
+    with pytest.raises(ValueError, match="labels"):
+        remove_top_fraction(SCORES, 0.5, per_class=True)
+
+
+def test_flip_labels_and_detection_rates():
+    labels = np.zeros(1000, int)
+    new, flipped = flip_labels(labels, 0.1, seed=0)
+    assert flipped.sum() == 100 and (new[flipped] == 1).all() and (new[~flipped] == 0).all()
+    # A perfect detector: flipped events score highest.
+    perfect = detection_rates(flipped.astype(float) + np.linspace(0, 0.5, 1000), flipped)
+    assert perfect["found_in_top_5pct"] == pytest.approx(0.5)  # 50 of the 100 in the top 50
+    assert perfect["found_in_top_10pct"] == pytest.approx(1.0)
+    assert perfect["detector_auroc"] == pytest.approx(1.0)
+    # An inverted detector finds none.
+    worst = detection_rates(-flipped.astype(float), flipped)
+    assert worst["found_in_top_20pct"] == 0.0 and worst["detector_auroc"] == pytest.approx(0.0)
