@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # force: importing orbax has already put absl's handler on the root logger.
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     args = build_parser().parse_args(argv)
     try:
