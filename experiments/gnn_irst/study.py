@@ -356,6 +356,10 @@ def summarise(rows: dict, ds: str, seeds) -> tuple[list[dict], list[str]]:
     return table, paired
 
 
+def _row_minutes(rows: dict) -> float:
+    return sum(r.get("wall_seconds", 0.0) for r in rows.values() if isinstance(r, dict)) / 60
+
+
 def write_report(
     preset: str, p: Preset, out: Path, rows: dict, minutes: float, physics: dict
 ) -> Path:
@@ -367,24 +371,36 @@ def write_report(
         f"Date {datetime.date.today()}; {platform.machine()} "
         f"{jax.devices()[0].platform}, jax {jax.__version__}; seeds {list(p.seeds)} (model init "
         f"and batch order; split seed 0 fixed); {p.epochs} epochs per training, a checkpoint each "
-        f"epoch; {minutes:.1f} min in all. Command: `{' '.join(sys.argv)}`.",
+        f"epoch; {minutes:.1f} min in this invocation, {_row_minutes(rows):.1f} min of "
+        "training summed over all rows (a resumed study reuses finished rows). Command: "
+        f"`python -m experiments.gnn_irst.study {' '.join(sys.argv[1:])}`.",
         "",
     ]
     for ds in p.datasets:
         table, paired = summarise(rows, ds, p.seeds)
+        classic = ", ".join(
+            f"{k.removesuffix('_auroc')} {v:.4f}"
+            for k, v in rows.get(f"{ds}/baselines", {}).items()
+        )
         lines += [
             f"## {ds}",
             "",
-            "Test metrics, mean ± std over seeds. `si_top_q`: remove the fraction q of "
-            "highest TracIn self-influence; `si_bottom_q`: the lowest; `loss_top_q`: highest "
-            "final-checkpoint loss; `random_q`: a random subset of the same size; "
+            f"Single-quantity test AUROC for reference: {classic or 'none'}.",
+            "",
+            "Test metrics, mean ± std over seeds (std only with two or more seeds). "
+            "`si_top_q`: remove the fraction q of highest TracIn self-influence; "
+            "`si_bottom_q`: the lowest; `loss_top_q`: highest final-checkpoint loss; "
+            "`random_q`: a random subset of the same size; "
             "`si_robust_c`: remove above median + c IQR.",
             "",
             "| rule | kept events | AUROC | F1 | accuracy | precision | recall | train s | steps |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for e in table:
-            cells = " | ".join(f"{e[m][0]:.4f} ± {e[m][1]:.4f}" for m in METRICS)
+            cells = " | ".join(
+                f"{e[m][0]:.4f} ± {e[m][1]:.4f}" if e["n_seeds"] > 1 else f"{e[m][0]:.4f}"
+                for m in METRICS
+            )
             lines.append(
                 f"| {e['rule']} | {e['n_train']} | {cells} | {e['train_seconds']:.1f} "
                 f"| {e['optimizer_steps']} |"
