@@ -10,6 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+CLASS_NAMES = {
+    "qg_jets": ("quark jets", "gluon jets"),
+    "susy_sim": ("WW background", "chargino signal"),
+}
 RULES = {
     "si_top": "highest self-influence removed",
     "si_bottom": "lowest self-influence removed",
@@ -84,17 +88,18 @@ def physics_plots(out: Path, ds: str, p, physics: dict) -> list[Path]:
         ax.hist(si[m], bins=bins, histtype="step", color="k")
         ax.axvline(si[removed].min(), color="C3", ls=":", label=f"top {q:.0%} cut")
         ax.set_xscale("log")
-        ax.set_title(f"class {cls}: TracIn self-influence")
+        cls_name = CLASS_NAMES.get(ds, ("class 0", "class 1"))[cls]
+        ax.set_title(f"{cls_name} (label {cls}): TracIn self-influence", fontsize=9)
         ax.legend(fontsize=7)
         for row, name in enumerate(names, start=1):
             x = quantities[name]
             ax = axes[row, col]
-            lo, hi = np.percentile(x[np.isfinite(x)], [0.5, 99.5])
-            bins = (
-                np.linspace(lo, hi + 1e-9, 30)
-                if name != "n_node"
-                else np.arange(x.min() - 0.5, x.max() + 1.5)
-            )
+            finite = x[np.isfinite(x)]
+            if np.all(finite == np.round(finite)):  # counts and charges: one bin per integer
+                bins = np.arange(finite.min() - 0.5, finite.max() + 1.5)
+            else:
+                lo, hi = np.percentile(finite, [0.5, 99.5])
+                bins = np.linspace(lo, hi + 1e-9, 30)
             ax.hist(
                 x[m & ~removed],
                 bins=bins,
@@ -116,7 +121,7 @@ def physics_plots(out: Path, ds: str, p, physics: dict) -> list[Path]:
         f"{p.seeds[0]}), per class",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     png = out / f"physics_removed_vs_kept_{ds}.png"
     fig.savefig(png, dpi=90)
     plt.close(fig)
