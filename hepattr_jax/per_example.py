@@ -232,3 +232,24 @@ def batch_grad_kernel(layout) -> Callable:
 def stack_params(params_list: list[Params]) -> Params:
     """K parameter trees -> one tree with a leading K axis."""
     return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *params_list)
+
+
+@functools.lru_cache(maxsize=32)
+def projected_grad_kernel(layout, projector) -> Callable:
+    """Jitted ``f(params_k [K,...], chunk [C,...]) -> [K, C, d]``: per-event gradients projected
+    by the keyed ``projector`` (:mod:`hepattr_jax.projection`), one checkpoint at a time.
+
+    Each block of the projection is generated once per checkpoint and chunk and applied to all
+    ``C`` events; only one chunk's gradients exist at once, never the data set's.
+    """
+    from hepattr_jax.projection import project_batch
+
+    per_event = jax.vmap(jax.grad(layout.loss_one), in_axes=(None, 0))
+
+    @jax.jit
+    def f(params_k, chunk):
+        return jax.lax.map(
+            lambda params: project_batch(projector, per_event(params, chunk)), params_k
+        )
+
+    return f

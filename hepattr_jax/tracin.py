@@ -306,3 +306,45 @@ def top_k_from_matrix(matrix: np.ndarray, k: int) -> TopK:
     return TopK(
         pro, np.take_along_axis(matrix.T, pro, 1), opp, np.take_along_axis(matrix.T, opp, 1)
     )
+
+
+# --------------------------------------------------------------------- projected (TRAK-style)
+def projected_features(
+    layout,
+    ckpts: Checkpoints,
+    gs: GraphSet,
+    projector,
+    *,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """``[K, N, d]`` projected per-event gradients ``phi_k(z) = grad l(z; theta_k) R`` (float32
+    unless the parameters are float64), events in stored order."""
+    from hepattr_jax.per_example import projected_grad_kernel
+
+    kernel = projected_grad_kernel(layout, projector)
+    dtype = jax.tree_util.tree_leaves(ckpts.params)[0].dtype
+    out = np.zeros((len(ckpts), len(gs), projector.proj_dim), dtype)
+    with tqdm(
+        total=len(gs), desc=f"features d={projector.proj_dim}", unit="ev", disable=not progress
+    ) as bar:
+        for chunk in layout.chunks(gs, chunk_size):
+            c = len(chunk.positions)
+            out[:, chunk.positions] = np.asarray(kernel(ckpts.params, chunk.data))[:, :c]
+            bar.update(c)
+    return out
+
+
+def self_influence_from_features(features: np.ndarray, lrs) -> np.ndarray:
+    """``[N]`` ``sum_k lr_k ||phi_k(z)||^2`` from ``[K, N, d]`` features (float64 sums)."""
+    f = np.asarray(features, np.float64)
+    return np.einsum("k,knd,knd->n", np.asarray(lrs, np.float64), f, f)
+
+
+def influence_from_features(
+    train_features: np.ndarray, test_features: np.ndarray, lrs
+) -> np.ndarray:
+    """``[N, M]`` ``sum_k lr_k <phi_k(z), phi_k(z')>`` from ``[K, N, d]`` and ``[K, M, d]``."""
+    a = np.asarray(train_features, np.float64)
+    b = np.asarray(test_features, np.float64)
+    return np.einsum("k,knd,kmd->nm", np.asarray(lrs, np.float64), a, b)

@@ -77,3 +77,60 @@ def test_bad_settings_are_refused():
         Projector(8, kind="sparse")
     with pytest.raises(ValueError, match="proj_dim"):
         Projector(0)
+
+
+def _small_run(dtype):
+    from hepattr_jax import tracin
+    from hepattr_jax.data.synthetic import random_events
+    from hepattr_jax.graphs import build_graphs
+    from hepattr_jax.models import make_model
+
+    gs = build_graphs(random_events(12, n_nodes=np.array([1, 5] * 6), seed=4))  # 2 buckets
+    model = make_model("edgeconv", hidden=16, readout_hidden=8)
+    ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget()))
+    params = [
+        jax.tree_util.tree_map(lambda x: x.astype(dtype), model.init(jax.random.key(k), ex.graphs))
+        for k in range(2)
+    ]
+    return gs, model, tracin.Checkpoints.from_list(params, [1e-3, 5e-4])
+
+
+def test_fused_projected_features_equal_dense_projection_of_exact_gradients():
+    from hepattr_jax import tracin
+    from hepattr_jax.per_example import grad_kernel, layout_for
+
+    with jax.enable_x64(True):
+        gs, model, ckpts = _small_run(jnp.float64)
+        layout = layout_for(model, gs)
+        proj = Projector(proj_dim=32, kind="gaussian", seed=5, block_rows=300)
+        feats = tracin.projected_features(layout, ckpts, gs, proj, chunk_size=4, progress=False)
+        r = np.asarray(dense_projection_matrix(proj, ckpts.at(0)))
+        for k in range(len(ckpts)):
+            exact = np.zeros((len(gs), r.shape[0]))
+            for chunk in layout.chunks(gs, 4):
+                g = np.asarray(grad_kernel(layout)(ckpts.at(k), chunk.data))
+                exact[chunk.positions] = g[: len(chunk.positions)]
+            np.testing.assert_allclose(feats[k], exact @ r, rtol=1e-10, atol=1e-14)
+        # Projected TracIn from the features: the same sums as from the dense projection.
+        si = tracin.self_influence_from_features(feats, ckpts.lrs)
+        want = sum(ckpts.lrs[k] * np.sum(feats[k] ** 2, 1) for k in range(2))
+        np.testing.assert_allclose(si, want, rtol=1e-12)
+        m = tracin.influence_from_features(feats[:, :5], feats[:, 5:], ckpts.lrs)
+        np.testing.assert_allclose(
+            m[2, 3], sum(ckpts.lrs[k] * feats[k, 2] @ feats[k, 8] for k in range(2)), rtol=1e-12
+        )
+
+
+def test_projected_self_influence_approximates_exact_within_jl_scale():
+    from hepattr_jax import tracin
+    from hepattr_jax.per_example import layout_for
+
+    gs, model, ckpts = _small_run(jnp.float32)
+    layout = layout_for(model, gs)
+    exact = tracin.self_influence(layout, ckpts, gs, chunk_size=4, progress=False)
+    d = 512
+    feats = tracin.projected_features(
+        layout, ckpts, gs, Projector(d, seed=1), chunk_size=4, progress=False
+    )
+    rel = np.abs(tracin.self_influence_from_features(feats, ckpts.lrs) / exact - 1)
+    assert np.all(rel < 6 * np.sqrt(2 / d)), rel.max()
