@@ -220,8 +220,15 @@ class Results:
         return self.rows[key]
 
 
-def run_study(preset: str, out: Path) -> Path:
+def run_study(preset: str, out: Path, datasets: tuple[str, ...] | None = None) -> Path:
+    """Runs (or resumes) the study ``preset`` into ``out``; ``datasets`` restricts it to some of
+    the preset's data sets (rows of the others stay in results.json untouched)."""
     p = PRESETS[preset]
+    if datasets:
+        unknown = sorted(set(datasets) - set(p.datasets))
+        if unknown:
+            raise SystemExit(f"--datasets {unknown} not in preset {preset!r}: {p.datasets}")
+        p = dataclasses.replace(p, datasets=tuple(datasets))
     out.mkdir(parents=True, exist_ok=True)
     res = Results(out / "results.json")
     t_start = time.perf_counter()
@@ -465,9 +472,15 @@ def main(argv=None) -> Path:
     )
     ap.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     ap.add_argument("--out", default=None, help="output directory (default runs/gnn_irst_PRESET)")
+    ap.add_argument(
+        "--datasets",
+        default=None,
+        help="comma-separated subset of the preset's data sets (default: all)",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out or f"runs/gnn_irst_{args.preset}")
-    report = run_study(args.preset, out)
+    datasets = tuple(args.datasets.split(",")) if args.datasets else None
+    report = run_study(args.preset, out, datasets)
     print(f"report: {report.resolve()}")
     return report
 
