@@ -375,7 +375,7 @@ def write_report(
     lines = [
         f"# GNN-IRST study, preset `{preset}`",
         "",
-        f"Date {datetime.date.today()}; {platform.machine()} "
+        f"Data sets {', '.join(p.datasets)}. Date {datetime.date.today()}; {platform.machine()} "
         f"{jax.devices()[0].platform}, jax {jax.__version__}; seeds {list(p.seeds)} (model init "
         f"and batch order; split seed 0 fixed); {p.epochs} epochs per training, a checkpoint each "
         f"epoch; {minutes:.1f} min in this invocation, {_row_minutes(rows):.1f} min of "
