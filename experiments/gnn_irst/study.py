@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -363,6 +364,22 @@ def summarise(rows: dict, ds: str, seeds) -> tuple[list[dict], list[str]]:
     return table, paired
 
 
+def _hardware() -> str:
+    """E.g. 'cpu: AMD EPYC (2 cores)' or the accelerator's kind."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return f"{dev.platform}: {dev.device_kind}"
+    model = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model} ({os.cpu_count()} cores)"
+
+
 def _row_minutes(rows: dict) -> float:
     return sum(r.get("wall_seconds", 0.0) for r in rows.values() if isinstance(r, dict)) / 60
 
@@ -375,8 +392,8 @@ def write_report(
     lines = [
         f"# GNN-IRST study, preset `{preset}`",
         "",
-        f"Data sets {', '.join(p.datasets)}. Date {datetime.date.today()}; {platform.machine()} "
-        f"{jax.devices()[0].platform}, jax {jax.__version__}; seeds {list(p.seeds)} (model init "
+        f"Data sets {', '.join(p.datasets)}. Date {datetime.date.today()}; {_hardware()}, "
+        f"jax {jax.__version__}; seeds {list(p.seeds)} (model init "
         f"and batch order; split seed 0 fixed); {p.epochs} epochs per training, a checkpoint each "
         f"epoch; {minutes:.1f} min in this invocation, {_row_minutes(rows):.1f} min of "
         "training summed over all rows (a resumed study reuses finished rows). Command: "
