@@ -30,6 +30,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def npz_bytes(arrays: dict, compressed: bool = False) -> bytes:
+    """The bytes of an ``.npz`` file holding ``arrays``."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
+def atomic_write_npz(path: str | Path, arrays: dict, compressed: bool = False) -> None:
+    """Writes ``arrays`` as an ``.npz`` file atomically."""
+    atomic_write_bytes(path, npz_bytes(arrays, compressed))
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=json_default))
 

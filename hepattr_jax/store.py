@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from hepattr_jax.errors import StoreError
-from hepattr_jax.io_utils import atomic_write_bytes, atomic_write_json, json_default
+from hepattr_jax.io_utils import atomic_write_bytes, atomic_write_json, json_default, npz_bytes
 
 if TYPE_CHECKING:
     from hepattr_jax.graphs import GraphSet
@@ -109,12 +109,6 @@ def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[
         if old != now:
             out.append(f"{key}: stored {_short(old)} vs now {_short(now)}")
     return out
-
-
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -243,7 +237,7 @@ class ScoreStore:
                 f"{self.directory}: chunk {index}: values are {values.dtype}, the store holds "
                 f"{self.dtype}"
             )
-        data = _npz_bytes(
+        data = npz_bytes(
             {
                 "index": np.int64(index),
                 "positions": positions.astype(np.int64),
@@ -391,7 +385,7 @@ class ScoreStore:
                 atomic_write_bytes(self.directory / f"{key}.npy", _npy_bytes(a))
                 record[key] = {"file": f"{key}.npy"}
         else:
-            atomic_write_bytes(self.directory / f"{npz}.npz", _npz_bytes(arrays))
+            atomic_write_bytes(self.directory / f"{npz}.npz", npz_bytes(arrays))
             record = {key: {"file": f"{npz}.npz", "key": key} for key in arrays}
         for key, a in arrays.items():
             record[key].update(shape=list(a.shape), dtype=a.dtype.str, sha256=array_digest(a))

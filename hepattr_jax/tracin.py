@@ -84,11 +84,17 @@ def single_event_grad_fn(apply_fn: Callable) -> Callable:
     return jax.jit(functools.partial(flat_grad_one, functools.partial(example_loss, apply_fn)))
 
 
-def _reference_grads(apply_fn, params, gs: GraphSet, grad_fn, budget) -> np.ndarray:
-    out = []
-    for i in range(len(gs)):
-        ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.array([i]), budget))
-        out.append(np.asarray(grad_fn(params, ex), np.float64))
+def _one_event(gs: GraphSet, i: int, budget):
+    """Event ``i`` padded alone (a two-graph Batch without the stack axis)."""
+    return jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.array([i]), budget))
+
+
+def _reference_grads(params, gs: GraphSet, grad_fn) -> np.ndarray:
+    """``[N, P]`` float64 gradients, one jitted single-event call per event."""
+    budget = gs.single_budget()
+    out = [
+        np.asarray(grad_fn(params, _one_event(gs, i, budget)), np.float64) for i in range(len(gs))
+    ]
     return np.stack(out) if out else np.zeros((0, 0))
 
 
@@ -102,8 +108,7 @@ def self_influence_reference(
     for k in range(len(ckpts)):
         params = ckpts.at(k)
         for i in tqdm(range(len(gs)), disable=not progress, desc=f"reference k={k}"):
-            ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.array([i]), budget))
-            g = np.asarray(grad_fn(params, ex), np.float64)
+            g = np.asarray(grad_fn(params, _one_event(gs, i, budget)), np.float64)
             out[i] += ckpts.lrs[k] * float(g @ g)
     return out
 
@@ -116,8 +121,8 @@ def influence_matrix_reference(
     out = np.zeros((len(train), len(test)))
     for k in range(len(ckpts)):
         params = ckpts.at(k)
-        g_tr = _reference_grads(apply_fn, params, train, grad_fn, train.single_budget())
-        g_te = _reference_grads(apply_fn, params, test, grad_fn, test.single_budget())
+        g_tr = _reference_grads(params, train, grad_fn)
+        g_te = _reference_grads(params, test, grad_fn)
         out += ckpts.lrs[k] * (g_tr @ g_te.T)
     return out
 

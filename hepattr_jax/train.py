@@ -39,7 +39,7 @@ from hepattr_jax.data.events import EventSet, Normalizer, split_by_id
 from hepattr_jax.data.registry import load_dataset
 from hepattr_jax.errors import ConfigError
 from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
-from hepattr_jax.io_utils import atomic_write_bytes, atomic_write_json
+from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz
 from hepattr_jax.losses import mean_loss, per_graph_loss
 from hepattr_jax.models import make_model
 
@@ -319,11 +319,9 @@ def train(
         ),
     }
     atomic_write_json(run_dir / "metrics.json", result)
-    _save_npz(
+    atomic_write_npz(
         run_dir / "predictions_test.npz",
-        ids=data.test.events.ids,
-        labels=test_labels,
-        logits=test_logits,
+        {"ids": data.test.events.ids, "labels": test_labels, "logits": test_logits},
     )
     _plots(run_dir, history, test_labels, test_logits, data.test.events)
     return result
@@ -342,14 +340,6 @@ def _plots(run_dir: Path, history, labels, logits, test_events: EventSet) -> Non
         fpr, tpr, _ = metrics_lib.roc_curve(labels, x)
         curves["charged multiplicity"] = (fpr, tpr, metrics_lib.auroc(labels, x))
     plotting.roc_curves(curves, run_dir / "roc.png", title="test set")
-
-
-def _save_npz(path: Path, **arrays) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _safe_auroc(labels, scores) -> float:

@@ -43,7 +43,7 @@ import numpy as np
 from hepattr_jax import evaluation, metrics
 from hepattr_jax.config import TrainConfig, load_config
 from hepattr_jax.data.registry import load_dataset
-from hepattr_jax.io_utils import atomic_write_json
+from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz
 from hepattr_jax.runs import load_run
 from hepattr_jax.store import scored_self_influence
 from hepattr_jax.train import PreparedData, evaluate_events, prepare_data, train
@@ -168,20 +168,12 @@ def _trained_scores(
     res.rows.pop(key, None)
     res.get_or_run(key, _train_row, cfg, data, run_dir, None)
     si, loss = _scores(run_dir, data, cfg, p.chunk_size)
-    _save_npz(
-        score_file, ids=data.train.events.ids, si=si, loss=loss, labels=data.train.events.labels
+    atomic_write_npz(
+        score_file,
+        {"ids": data.train.events.ids, "si": si, "loss": loss, "labels": data.train.events.labels},
+        compressed=True,
     )
     return si, loss
-
-
-def _save_npz(path: Path, **arrays) -> None:
-    import io
-
-    from hepattr_jax.io_utils import atomic_write_bytes
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _baselines(data: PreparedData) -> dict:
