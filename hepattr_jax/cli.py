@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hepattr_jax import influence_cli
 
     influence_cli.add_parser(sub)
+    from hepattr_jax import explain_cli
+
+    explain_cli.add_parser(sub)
     return p
 
 

@@ -1,0 +1,118 @@
+"""``hepattr explain RUN_DIR``: explain a finished training run, with a report and figures.
+
+Feature importance (permutation, mean masking), Shapley values of feature groups, information
+coverage of the latent space, neural activation patterns and latent physics on the test split,
+then the same diagnostics on the training events the GNN-IRST rule keeps and discards (top
+fraction ``--q`` of TracIn self-influence; the self-influence store under
+``RUN_DIR/influence/self_influence_train`` is reused or computed, resumably).
+
+Writes ``report.md``, ``explain.json`` and PNG figures into ``RUN_DIR/explain`` (or ``--out``)
+and prints the report's path. See :mod:`hepattr_jax.explain`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    """Adds ``explain``."""
+    p = subparsers.add_parser(
+        "explain",
+        help="explain a training run: importance, Shapley, coverage, activations",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", type=Path, help="run directory written by `hepattr train`")
+    p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/explain)")
+    p.add_argument("--n-events", type=int, help="test events used (default all; seeded sample)")
+    p.add_argument("--repeats", type=int, default=5, help="permutation repeats (default 5)")
+    p.add_argument(
+        "--q", type=float, default=0.1, help="fraction removed by the GNN-IRST rule (default 0.1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument(
+        "--groups",
+        type=Path,
+        help="JSON file {group: [feature names]}: the Shapley players (default one per feature)",
+    )
+    p.add_argument(
+        "--shapley",
+        choices=("auto", "exact", "permutation"),
+        default="auto",
+        help="Shapley estimator (auto: exact up to 8 groups)",
+    )
+    p.add_argument(
+        "--permutations",
+        type=int,
+        default=16,
+        help="orderings for permutation-sampling Shapley (default 16)",
+    )
+    p.add_argument(
+        "--n-coverage",
+        type=int,
+        default=2000,
+        help="events used by the coverage estimates (default 2000)",
+    )
+    p.add_argument(
+        "--timing-events",
+        type=int,
+        default=0,
+        help="also time permutation importance and Shapley on this many (tiled) test events",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args) -> int:
+    from hepattr_jax.errors import ConfigError
+    from hepattr_jax.explain.report import explain_run
+    from hepattr_jax.runs import load_run
+
+    for name in ("n_events", "repeats", "permutations", "n_coverage"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not 0.0 < args.q < 1.0:
+        raise ConfigError(f"--q must be in (0, 1), got {args.q}")
+    if args.timing_events < 0:
+        raise ConfigError(f"--timing-events must be >= 0, got {args.timing_events}")
+    groups = None
+    if args.groups is not None:
+        try:
+            groups = json.loads(args.groups.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--groups {args.groups}: cannot read a JSON object ({e})") from None
+        if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
+            raise ConfigError(f"--groups {args.groups}: expected {{group: [feature names]}}")
+    run = load_run(args.run_dir)
+    out = args.out or args.run_dir / "explain"
+    result = explain_run(
+        run,
+        out,
+        n_events=args.n_events,
+        repeats=args.repeats,
+        q=args.q,
+        seed=args.seed,
+        groups=groups,
+        shapley_method=args.shapley,
+        n_permutations=args.permutations,
+        n_coverage=args.n_coverage,
+        timing_events=args.timing_events,
+        progress=not args.quiet,
+        command="hepattr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if Path(sys.argv[0]).name in ("hepattr", "__main__.py")
+        else "",
+    )
+    perm = result["permutation_importance"]["groups"]
+    top = sorted(perm, key=lambda k: -perm[k]["delta_loss"])[:3]
+    print(
+        f"test AUROC {result['test']['auroc']:.4f}; most important (permutation): "
+        + ", ".join(f"{n} (+{perm[n]['delta_loss']:.3f} loss)" for n in top)
+    )
+    print(f"report: {(Path(out) / 'report.md').resolve()}")
+    return 0
