@@ -78,7 +78,7 @@ def shapley(
             [values[sel, j] for j in range(g)],
             positions=y + (c - 0.5) * 0.35,
             widths=0.3,
-            vert=False,
+            orientation="horizontal",
             showfliers=False,
             patch_artist=True,
         )
