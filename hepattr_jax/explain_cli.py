@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 from pathlib import Path
 
 
@@ -68,6 +67,39 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_cmd_explain)
 
 
+_OPTIONS = (
+    "out",
+    "n_events",
+    "repeats",
+    "q",
+    "seed",
+    "groups",
+    "shapley",
+    "permutations",
+    "n_coverage",
+    "timing_events",
+)
+
+
+def _command(args) -> str:
+    """The command line that reproduces ``args`` (options at their defaults left out)."""
+    defaults = {
+        "repeats": 5,
+        "q": 0.1,
+        "seed": 0,
+        "shapley": "auto",
+        "permutations": 16,
+        "n_coverage": 2000,
+        "timing_events": 0,
+    }
+    parts = ["hepattr", "explain", str(args.run_dir)]
+    for name in _OPTIONS:
+        v = getattr(args, name)
+        if v is not None and v != defaults.get(name):
+            parts += [f"--{name.replace('_', '-')}", str(v)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _cmd_explain(args) -> int:
     from hepattr_jax.errors import ConfigError
     from hepattr_jax.explain.report import explain_run
@@ -104,9 +136,7 @@ def _cmd_explain(args) -> int:
         n_coverage=args.n_coverage,
         timing_events=args.timing_events,
         progress=not args.quiet,
-        command="hepattr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        if Path(sys.argv[0]).name in ("hepattr", "__main__.py")
-        else "",
+        command=_command(args),
     )
     perm = result["permutation_importance"]["groups"]
     top = sorted(perm, key=lambda k: -perm[k]["delta_loss"])[:3]

@@ -295,10 +295,10 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
         "40",
         "--repeats",
         "2",
-        "--n-coverage",
-        "40",
         "--groups",
         str(groups),
+        "--n-coverage",
+        "40",
         "--timing-events",
         "50",
         "--quiet",
@@ -311,6 +311,7 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
     assert set(r["permutation_importance"]["groups"]) == {"x0", "x1", "x2", "x3", "g0", "g1"}
     assert r["influence_split"]["n_discarded_total"] == round(0.1 * r["influence_split"]["n_train"])
     assert r["timing_fixed_events"]["n_events"] == 50
+    assert r["command"] == f"hepattr explain {run_dir} " + " ".join(argv[2:-1])
     for fig in r["figures"].values():
         assert (out / fig).stat().st_size > 1000
     text = (out / "report.md").read_text()
