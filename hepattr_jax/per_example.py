@@ -128,6 +128,10 @@ class DenseEdgeConvLayout:
     def loss_one(self, params: Params, ex: DenseExample) -> jax.Array:
         return jnp.where(ex.valid, bce_with_logits(self.logit(params, ex), ex.label), 0.0)
 
+    def margin_one(self, params: Params, ex: DenseExample) -> jax.Array:
+        """The logit margin of the event's true class, ``(2y - 1) z`` (0 in filler slots)."""
+        return jnp.where(ex.valid, (2.0 * ex.label - 1.0) * self.logit(params, ex), 0.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class GraphLayout:
@@ -155,6 +159,11 @@ class GraphLayout:
 
     def loss_one(self, params: Params, ex: Batch) -> jax.Array:
         return example_loss(self.model.apply, params, ex)
+
+    def margin_one(self, params: Params, ex: Batch) -> jax.Array:
+        """The logit margin of the event's true class, ``(2y - 1) z`` (0 in empty slots)."""
+        z = self.model.apply(params, ex.graphs)
+        return jnp.where(ex.graph_mask, (2.0 * ex.labels - 1.0) * z, 0.0).sum()
 
 
 def layout_for(model, gs: GraphSet, prefer_dense: bool = True):
@@ -234,22 +243,33 @@ def stack_params(params_list: list[Params]) -> Params:
     return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *params_list)
 
 
-@functools.lru_cache(maxsize=32)
-def projected_grad_kernel(layout, projector) -> Callable:
-    """Jitted ``f(params_k [K,...], chunk [C,...]) -> [K, C, d]``: per-event gradients projected
-    by the keyed ``projector`` (:mod:`hepattr_jax.projection`), one checkpoint at a time.
+OUTPUTS = ("loss", "margin")
 
-    Each block of the projection is generated once per checkpoint and chunk and applied to all
-    ``C`` events; only one chunk's gradients exist at once, never the data set's.
+
+@functools.lru_cache(maxsize=32)
+def projected_grad_kernel(layout, projector, output: str = "loss") -> Callable:
+    """Jitted ``f(params_k [K,...], chunk [C,...]) -> (features [K, C, d], values [K, C])``.
+
+    ``values`` is the per-event ``output`` function (``"loss"``: the training loss, TracIn;
+    ``"margin"``: the logit margin of the true class, TRAK's model output) and ``features`` its
+    gradient projected by the keyed ``projector`` (:mod:`hepattr_jax.projection`), one
+    checkpoint at a time. Each block of the projection is generated once per checkpoint and
+    chunk and applied to all ``C`` events; only one chunk's gradients exist at once, never the
+    data set's.
     """
     from hepattr_jax.projection import project_batch
 
-    per_event = jax.vmap(jax.grad(layout.loss_one), in_axes=(None, 0))
+    if output not in OUTPUTS:
+        raise ConfigError(f"output {output!r}: use one of {OUTPUTS}")
+    fn = layout.loss_one if output == "loss" else layout.margin_one
+    per_event = jax.vmap(jax.value_and_grad(fn), in_axes=(None, 0))
 
     @jax.jit
     def f(params_k, chunk):
-        return jax.lax.map(
-            lambda params: project_batch(projector, per_event(params, chunk)), params_k
-        )
+        def one_checkpoint(params):
+            values, grads = per_event(params, chunk)
+            return project_batch(projector, grads), values
+
+        return jax.lax.map(one_checkpoint, params_k)
 
     return f

@@ -313,9 +313,10 @@ class ScoreStore:
         return done
 
     # ---------------------------------------------------------------- results
-    def assemble(self, n_events: int, n_rows: int | None = None) -> np.ndarray:
-        """All chunks gathered into ``[n_rows, n_events]`` (chunks of ``[K, c]`` values) or
-        ``[n_events]`` (chunks of ``[c]``), checking every position is covered exactly once.
+    def assemble(self, n_events: int, n_rows: int | tuple[int, ...] | None = None) -> np.ndarray:
+        """All chunks gathered into ``[*n_rows, n_events]`` (chunks of ``[*n_rows, c]`` values,
+        e.g. ``[K, c]`` or ``[K, d, c]``) or ``[n_events]`` (chunks of ``[c]``), checking every
+        position is covered exactly once.
 
         Raises:
           StoreError: positions missing (listed; the scoring run has not finished), covered twice,
@@ -332,9 +333,8 @@ class ScoreStore:
             pos, vals = self.read_chunk(index)
             if out is None:
                 if n_rows is None:
-                    n_rows = vals.shape[0] if vals.ndim == 2 else None
-                shape = (n_events,) if n_rows is None else (n_rows, n_events)
-                out = np.zeros(shape, self.dtype)
+                    n_rows = tuple(vals.shape[:-1])
+                out = np.zeros((*_row_shape(n_rows), n_events), self.dtype)
             if vals.shape[:-1] != out.shape[:-1]:
                 raise StoreError(
                     f"{self.chunk_path(index)}: values {list(vals.shape)} do not fit the result "
@@ -348,7 +348,7 @@ class ScoreStore:
             out[..., pos] = vals
             np.add.at(count, pos, 1)
         if out is None:
-            out = np.zeros((n_events,) if n_rows is None else (n_rows, n_events), self.dtype)
+            out = np.zeros((*_row_shape(n_rows), n_events), self.dtype)
         missing = np.flatnonzero(count == 0)
         if len(missing):
             raise StoreError(
@@ -391,6 +391,12 @@ class ScoreStore:
             record[key].update(shape=list(a.shape), dtype=a.dtype.str, sha256=array_digest(a))
         atomic_write_json(result_path, {"meta_sha": self.meta_sha, "arrays": record})
         return result_path
+
+
+def _row_shape(n_rows: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    if n_rows is None:
+        return ()
+    return (int(n_rows),) if isinstance(n_rows, int | np.integer) else tuple(n_rows)
 
 
 class _BadChunk(Exception):

@@ -33,10 +33,12 @@ from hepattr_jax.graphs import GraphSet
 from hepattr_jax.losses import example_loss
 from hepattr_jax.per_example import (
     flat_grad_one,
+    projected_grad_kernel,
     self_influence_kernel,
     stack_params,
     stacked_grad_kernel,
 )
+from hepattr_jax.sharding import check_chunk_size, replicate, shard_events
 
 Params = Any
 
@@ -139,24 +141,28 @@ def self_influence(
     progress: bool = True,
     on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     skip_chunk: Callable[[int], bool] | None = None,
+    mesh=None,
 ) -> np.ndarray:
     """Self-influence of the events of ``gs`` (in stored order): ``[N]``, or ``[K, N]``.
 
     ``on_chunk(index, positions, values [K, c])`` and ``skip_chunk(index)`` let a score store
     persist chunks and skip those already on disk (see :mod:`hepattr_jax.store`); chunk indices
-    are deterministic for a given ``gs`` and ``chunk_size``.
+    are deterministic for a given ``gs`` and ``chunk_size``. With a ``mesh``
+    (:func:`hepattr_jax.sharding.event_mesh`) each chunk's events are split over its devices.
     """
+    check_chunk_size(chunk_size, mesh)
     kernel = self_influence_kernel(layout)
     n = len(gs) if positions is None else len(positions)
     out = np.zeros((len(ckpts), len(gs)))
-    lrs = ckpts.lr_array()
+    params, lrs = replicate((ckpts.params, ckpts.lr_array()), mesh)
     with tqdm(total=n, desc="self-influence", unit="ev", disable=not progress) as bar:
         for idx, chunk in enumerate(layout.chunks(gs, chunk_size, positions)):
             c = len(chunk.positions)
             if skip_chunk is not None and skip_chunk(idx):
                 bar.update(c)
                 continue
-            vals = np.asarray(kernel(ckpts.params, lrs, chunk.data), np.float64)[:, :c]
+            vals = np.asarray(kernel(params, lrs, shard_events(chunk.data, mesh)), np.float64)
+            vals = vals[:, :c]
             out[:, chunk.positions] = vals
             if on_chunk is not None:
                 on_chunk(idx, chunk.positions, vals)
@@ -197,18 +203,20 @@ def _train_test_kernel(layout) -> Callable:
     return f
 
 
-def _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume):
+def _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume, mesh):
+    check_chunk_size(chunk_size, mesh)
     kernel = _train_test_kernel(layout)
-    lrs = ckpts.lr_array()
+    params, lrs = replicate((ckpts.params, ckpts.lr_array()), mesh)
     blocks = [np.arange(s, min(s + test_block, len(test))) for s in range(0, len(test), test_block)]
     with tqdm(
         total=len(train) * len(blocks), desc="train x test", unit="ev", disable=not progress
     ) as bar:
         for block in blocks:
-            g_te = _test_grads(layout, ckpts, test, block, chunk_size)
+            g_te = replicate(_test_grads(layout, ckpts, test, block, chunk_size), mesh)
             for chunk in layout.chunks(train, chunk_size):
                 c = len(chunk.positions)
-                scores = np.asarray(kernel(ckpts.params, lrs, chunk.data, g_te), np.float64)[:c]
+                data = shard_events(chunk.data, mesh)
+                scores = np.asarray(kernel(params, lrs, data, g_te), np.float64)[:c]
                 consume(block, chunk.positions, scores)
                 bar.update(c)
 
@@ -228,15 +236,16 @@ def influence_matrix(
     chunk_size: int = 64,
     test_block: int | None = None,
     progress: bool = True,
+    mesh=None,
 ) -> np.ndarray:
-    """``[N_train, N_test]`` TracIn influence, exact."""
+    """``[N_train, N_test]`` TracIn influence, exact (``mesh``: see :func:`self_influence`)."""
     out = np.zeros((len(train), len(test)))
     test_block = test_block or default_test_block(ckpts)
 
     def consume(block, pos, scores):
         out[np.ix_(pos, block)] = scores
 
-    _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume)
+    _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume, mesh)
     return out
 
 
@@ -277,6 +286,7 @@ def top_k(
     chunk_size: int = 64,
     test_block: int | None = None,
     progress: bool = True,
+    mesh=None,
 ) -> TopK:
     """Top-k proponents and opponents of every test event, merged chunk by chunk (streaming)."""
     k = min(k, len(train))
@@ -293,7 +303,7 @@ def top_k(
         st["pro"] = _merge_top(*st["pro"], scores.T, idx, k)
         st["opp"] = _merge_top(*st["opp"], -scores.T, idx, k)
 
-    _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume)
+    _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume, mesh)
     rows = sorted(parts)
     pro_s = np.concatenate([parts[r]["pro"][0] for r in rows])
     pro_i = np.concatenate([parts[r]["pro"][1] for r in rows])
@@ -320,24 +330,45 @@ def projected_features(
     gs: GraphSet,
     projector,
     *,
+    output: str = "loss",
     chunk_size: int = 64,
     progress: bool = True,
-) -> np.ndarray:
-    """``[K, N, d]`` projected per-event gradients ``phi_k(z) = grad l(z; theta_k) R`` (float32
-    unless the parameters are float64), events in stored order."""
-    from hepattr_jax.per_example import projected_grad_kernel
+    mesh=None,
+    with_values: bool = False,
+    on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    skip_chunk: Callable[[int], bool] | None = None,
+):
+    """``[K, N, d]`` projected per-event gradients ``phi_k(z) = grad f(z; theta_k) R`` (float32
+    unless the parameters are float64), events in stored order; ``f`` is the ``output``
+    function (``"loss"`` for TracIn, ``"margin"`` for TRAK).
 
-    kernel = projected_grad_kernel(layout, projector)
+    With ``with_values`` also returns ``f(z; theta_k)`` ``[K, N]``. ``on_chunk(index, positions,
+    values [K, d + 1, c])`` (features, then ``f`` as the last row) and ``skip_chunk`` persist and
+    resume chunks as in :func:`self_influence`; skipped chunks are left 0 in the result, which is
+    then the caller's to fill from its store. ``mesh``: see :func:`self_influence`.
+    """
+    check_chunk_size(chunk_size, mesh)
+    kernel = projected_grad_kernel(layout, projector, output)
     dtype = jax.tree_util.tree_leaves(ckpts.params)[0].dtype
-    out = np.zeros((len(ckpts), len(gs), projector.proj_dim), dtype)
-    with tqdm(
-        total=len(gs), desc=f"features d={projector.proj_dim}", unit="ev", disable=not progress
-    ) as bar:
-        for chunk in layout.chunks(gs, chunk_size):
+    d = projector.proj_dim
+    out = np.zeros((len(ckpts), len(gs), d), dtype)
+    values = np.zeros((len(ckpts), len(gs)), np.float64)
+    params = replicate(ckpts.params, mesh)
+    with tqdm(total=len(gs), desc=f"features d={d}", unit="ev", disable=not progress) as bar:
+        for idx, chunk in enumerate(layout.chunks(gs, chunk_size)):
             c = len(chunk.positions)
-            out[:, chunk.positions] = np.asarray(kernel(ckpts.params, chunk.data))[:, :c]
+            if skip_chunk is not None and skip_chunk(idx):
+                bar.update(c)
+                continue
+            feats, vals = kernel(params, shard_events(chunk.data, mesh))
+            feats, vals = np.asarray(feats)[:, :c], np.asarray(vals)[:, :c]
+            out[:, chunk.positions] = feats
+            values[:, chunk.positions] = vals
+            if on_chunk is not None:
+                both = np.concatenate([feats.transpose(0, 2, 1), vals[:, None, :]], axis=1)
+                on_chunk(idx, chunk.positions, both)
             bar.update(c)
-    return out
+    return (out, values) if with_values else out
 
 
 def self_influence_from_features(features: np.ndarray, lrs) -> np.ndarray:
