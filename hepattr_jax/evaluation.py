@@ -120,3 +120,63 @@ def detection_rates(scores, flipped, fractions=(0.05, 0.1, 0.2)) -> dict[str, fl
         out[f"found_in_top_{round(100 * f)}pct"] = float(flipped[top].sum() / max(flipped.sum(), 1))
     out["detector_auroc"] = float(auroc(flipped.astype(int), scores))
     return out
+
+
+# --------------------------------------------------------------------- attribution quality (LDS)
+def rankdata(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Ranks ``1..n`` along ``axis``, ties given their average rank (``scipy.stats.rankdata``)."""
+    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    order = np.argsort(x, axis=-1, kind="stable")
+    xs = np.take_along_axis(x, order, -1)
+    n = x.shape[-1]
+    ranks_sorted = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), xs.shape).copy()
+    # Average the ranks of each run of equal values.
+    flat_x, flat_r = xs.reshape(-1, n), ranks_sorted.reshape(-1, n)
+    for row in range(flat_x.shape[0]):
+        new = np.concatenate([[True], flat_x[row, 1:] != flat_x[row, :-1]])
+        starts = np.flatnonzero(new)
+        sizes = np.diff(np.append(starts, n))
+        if np.any(sizes > 1):
+            flat_r[row] = np.repeat(starts + (sizes + 1) / 2.0, sizes)
+    out = np.empty_like(ranks_sorted)
+    np.put_along_axis(out, order, flat_r.reshape(xs.shape), -1)
+    return np.moveaxis(out, -1, axis)
+
+
+def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each column of ``a`` ``[S, M]`` with the same column of ``b``
+    (Pearson correlation of average ranks); NaN for a constant column."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"shapes {a.shape} and {b.shape}: want equal [S, M]")
+    ra, rb = rankdata(a, 0), rankdata(b, 0)
+    ra -= ra.mean(0)
+    rb -= rb.mean(0)
+    den = np.sqrt((ra**2).sum(0) * (rb**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(0) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def linear_datamodeling_score(
+    scores: np.ndarray, masks: np.ndarray, margins: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """LDS (TRAK, arXiv 2303.14186, eq. 5) of attribution ``scores`` ``[N, M]`` (train x test).
+
+    For each subset ``S_s`` (row of ``masks`` ``[S, N]``) the attribution predicts the test
+    margins as ``g_s(x) = sum_{i in S_s} scores[i, x]``; the LDS of test event ``x`` is the
+    Spearman correlation over the ``S`` subsets of ``g_s(x)`` with the margins ``[S, M]`` of the
+    models actually trained on ``S_s``. Returns the mean over test events (NaNs of constant
+    columns left out) and the per-event values ``[M]``.
+    """
+    scores = np.asarray(scores, np.float64)
+    masks = np.asarray(masks, bool)
+    margins = np.asarray(margins, np.float64)
+    if scores.ndim != 2 or masks.shape[1] != scores.shape[0]:
+        raise ValueError(f"scores {scores.shape} and masks {masks.shape}: want [N, M] and [S, N]")
+    if margins.shape != (masks.shape[0], scores.shape[1]):
+        raise ValueError(
+            f"margins {margins.shape}: want [S, M] = {masks.shape[0], scores.shape[1]}"
+        )
+    per_event = spearman_columns(masks.astype(np.float64) @ scores, margins)
+    finite = per_event[np.isfinite(per_event)]
+    return (float(finite.mean()) if len(finite) else float("nan")), per_event

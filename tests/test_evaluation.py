@@ -76,3 +76,49 @@ def test_flip_labels_and_detection_rates():
     # An inverted detector finds none.
     worst = detection_rates(-flipped.astype(float), flipped)
     assert worst["found_in_top_20pct"] == 0.0 and worst["detector_auroc"] == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------- LDS
+def test_rankdata_and_spearman_match_scipy_with_ties():
+    import scipy.stats
+
+    from hepattr_jax.evaluation import rankdata, spearman_columns
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, size=(30, 4)).astype(float)  # many ties
+    b = rng.normal(size=(30, 4))
+    np.testing.assert_allclose(rankdata(a, 0), scipy.stats.rankdata(a, axis=0))
+    want = [scipy.stats.spearmanr(a[:, j], b[:, j]).statistic for j in range(4)]
+    np.testing.assert_allclose(spearman_columns(a, b), want, rtol=1e-12)
+    const = np.ones((30, 1))
+    assert np.isnan(spearman_columns(const, b[:, :1]))[0]
+
+
+def test_lds_is_one_for_an_exact_linear_datamodel_and_near_zero_for_noise():
+    from hepattr_jax.evaluation import linear_datamodeling_score
+
+    rng = np.random.default_rng(1)
+    n, m, s = 40, 6, 50
+    true = rng.normal(size=(n, m))
+    masks = rng.random((s, n)) < 0.5
+    margins = masks @ true + 3.0  # exactly linear in the subset
+    lds, per = linear_datamodeling_score(true, masks, margins)
+    np.testing.assert_allclose(per, 1.0)
+    assert lds == pytest.approx(1.0)
+    # A monotone transform of the margins leaves Spearman at 1; negated scores give -1.
+    assert linear_datamodeling_score(true, masks, np.exp(margins / 10))[0] == pytest.approx(1.0)
+    assert linear_datamodeling_score(-true, masks, margins)[0] == pytest.approx(-1.0)
+    noise = rng.normal(size=(n, m))
+    lds_noise, _ = linear_datamodeling_score(noise, masks, margins)
+    assert abs(lds_noise) < 0.3
+    with pytest.raises(ValueError, match="margins"):
+        linear_datamodeling_score(true, masks, margins[:, :2])
+
+
+def test_subset_masks_have_exact_sizes_and_are_reproducible():
+    from hepattr_jax.datamodels import subset_masks
+
+    m = subset_masks(11, 7, 0.5, seed=3)
+    assert m.shape == (7, 11) and np.all(m.sum(1) == 6)
+    np.testing.assert_array_equal(m, subset_masks(11, 7, 0.5, seed=3))
+    assert not np.array_equal(m, subset_masks(11, 7, 0.5, seed=4))
