@@ -75,3 +75,22 @@ def test_quick_preset_writes_results(tmp_path):
     for key in ("seconds_total", "pairs_per_s_total", "pairs_per_s_excluding_compile"):
         assert _positive(m[key])
     assert _positive(on_disk["peak_rss_gb"])
+
+
+def test_projection_benchmark_quick_preset_writes_results(tmp_path):
+    from benchmarks.projection_throughput import main as projection_main
+
+    res = projection_main(["--preset", "quick", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("projection_throughput_quick_*.json")
+    on_disk = json.loads(json_path.read_text())
+    assert json_path.with_suffix(".md").read_text().startswith("# Projected-gradient throughput")
+    assert res["files"]["json"] == str(json_path)
+    methods = on_disk["methods"]
+    assert {"exact_self_influence", "tracin_features_d16", "trak_features_d16_chunk32"} <= set(
+        methods
+    )
+    for r in methods.values():
+        assert _positive(r["events_per_s"]) and _positive(r["gflops_per_s"])
+        assert r["steady_calls_compile_s"] == 0.0  # steady calls reuse the compilation
+    assert on_disk["device_scaling"][0]["devices"] == 1
+    assert _positive(on_disk["projected_matrix"]["pairs_per_s"])
