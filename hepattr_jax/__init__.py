@@ -1,29 +1,40 @@
-"""hepattr-jax: data attribution (TracIn) for graph neural networks on collision events.
+"""hepattr-jax: data attribution (TracIn, TRAK) for graph neural networks on collision events.
 
 The public surface, by stage (each stage imports only from the ones before it):
-events -> graphs -> models -> training + checkpoints -> per-event gradients -> TracIn -> scores.
+events -> graphs -> models -> training + checkpoints -> per-event gradients (+ projections) ->
+TracIn / TRAK -> scores -> evaluation (removal, mislabels, LDS) and explanations.
 """
 
+from hepattr_jax import explain
 from hepattr_jax.checkpoints import CheckpointStore
 from hepattr_jax.config import TrainConfig, load_config
 from hepattr_jax.data.events import EventSet, Normalizer, split_by_id
 from hepattr_jax.data.registry import load_dataset
+from hepattr_jax.datamodels import subset_masks, train_subset_models
 from hepattr_jax.errors import CheckpointError, ConfigError, DataError, HepattrError, StoreError
+from hepattr_jax.evaluation import linear_datamodeling_score
+from hepattr_jax.explain import explain_run, permutation_importance, shapley_values
 from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
 from hepattr_jax.metrics import auroc, binary_metrics, roc_curve
 from hepattr_jax.models import count_params, make_model
 from hepattr_jax.per_example import DenseEdgeConvLayout, GraphLayout, layout_for
+from hepattr_jax.projection import Projector
 from hepattr_jax.runs import Run, load_run
+from hepattr_jax.sharding import event_mesh
 from hepattr_jax.store import ScoreStore, scored_self_influence
 from hepattr_jax.tracin import (
     Checkpoints,
     TopK,
+    influence_from_features,
     influence_matrix,
+    projected_features,
     self_influence,
+    self_influence_from_features,
     self_influence_reference,
     top_k,
 )
 from hepattr_jax.train import train
+from hepattr_jax.trak import featurize, trak_scores, trak_self_influence
 
 __version__ = "0.1.0"
 
@@ -41,6 +52,7 @@ __all__ = [
     "GraphSet",
     "HepattrError",
     "Normalizer",
+    "Projector",
     "Run",
     "ScoreStore",
     "StoreError",
@@ -50,17 +62,31 @@ __all__ = [
     "binary_metrics",
     "build_graphs",
     "count_params",
+    "event_mesh",
+    "explain",
+    "explain_run",
+    "featurize",
+    "influence_from_features",
     "influence_matrix",
     "layout_for",
+    "linear_datamodeling_score",
     "load_config",
     "load_dataset",
     "load_run",
     "make_model",
+    "permutation_importance",
+    "projected_features",
     "roc_curve",
     "scored_self_influence",
     "self_influence",
+    "self_influence_from_features",
     "self_influence_reference",
+    "shapley_values",
     "split_by_id",
+    "subset_masks",
     "top_k",
     "train",
+    "train_subset_models",
+    "trak_scores",
+    "trak_self_influence",
 ]
