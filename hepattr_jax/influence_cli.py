@@ -1,4 +1,4 @@
-"""``hepattr influence {self,matrix,topk} RUN_DIR``: TracIn scores of a finished training run.
+"""``hepattr influence {self,matrix,topk,trak} RUN_DIR``: attribution scores of finished runs.
 
 * ``self``: self-influence of every event of a split (default train), chunk by chunk into a
   resumable score store: a killed run, started again with the same arguments, computes only the
@@ -8,6 +8,10 @@
   ``event_ids.npy`` (rows, train) and ``test_event_ids.npy`` (columns).
 * ``topk``: the ``k`` strongest proponents and opponents of every test event, as train event ids
   and scores in ``topk.npz``, and ``topk_summary.md`` for the first few test events.
+
+* ``trak``: TRAK (:mod:`hepattr_jax.trak`) ensembled over one or more runs of the same data:
+  ``scores.npy`` ``[N_train, N_test]``, ``self_influence.npy``, ids; each run's projected
+  features in resumable stores under ``features/``.
 
 Results go to ``RUN_DIR/influence/<kind>_<split>`` unless ``--out`` says otherwise; every output
 directory is a :mod:`hepattr_jax.store` (``meta.json`` records the checkpoints, data and settings,
@@ -73,6 +77,33 @@ def add_parser(subparsers) -> None:
                 "-k", type=int, default=10, help="proponents/opponents kept (default 10)"
             )
         q.set_defaults(func=fn)
+
+    t = sub.add_parser(
+        "trak",
+        help="TRAK scores (train x test) and TRAK self-influence, ensembled over runs",
+    )
+    t.add_argument(
+        "run_dir", type=Path, nargs="+", help="run directories (ensemble members, same data)"
+    )
+    t.add_argument("--proj-dim", type=int, default=512, help="projection dimension d (512)")
+    t.add_argument("--proj-seed", type=int, default=0, help="projection key (0)")
+    t.add_argument(
+        "--projection", choices=("rademacher", "gaussian"), default="rademacher", help="R entries"
+    )
+    t.add_argument(
+        "--checkpoints",
+        choices=("last", "all"),
+        default="last",
+        help="checkpoints of each run used as members (default last)",
+    )
+    t.add_argument(
+        "--damping", type=float, default=1e-3, help="lambda as a fraction of the mean eigenvalue"
+    )
+    t.add_argument("--test-split", choices=SPLITS, default="test", help="events influenced")
+    t.add_argument("--chunk-size", type=int, default=64, help="events per kernel call (64)")
+    t.add_argument("--out", type=Path, help="output directory (default RUN_DIR[0]/influence/trak)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=_cmd_trak)
 
 
 def _positive(args, *names) -> None:
@@ -185,4 +216,40 @@ def _cmd_topk(args) -> int:
         f"events -> {out.resolve() / 'topk.npz'}"
     )
     print(summary, end="")
+    return 0
+
+
+def _cmd_trak(args) -> int:
+    from hepattr_jax.errors import ConfigError
+    from hepattr_jax.projection import Projector
+    from hepattr_jax.runs import load_run
+    from hepattr_jax.store import scored_trak
+
+    _positive(args, "chunk_size", "proj_dim")
+    if not args.damping > 0:
+        raise ConfigError(f"--damping must be > 0, got {args.damping}")
+    first = load_run(args.run_dir[0])
+    runs = [first] + [load_run(r, data=first.data) for r in args.run_dir[1:]]
+    proj = Projector(args.proj_dim, kind=args.projection, seed=args.proj_seed)
+    out = Path(args.out or args.run_dir[0] / "influence" / f"trak_{args.test_split}")
+    arrays = scored_trak(
+        runs,
+        out,
+        proj,
+        test_split=args.test_split,
+        checkpoints=args.checkpoints,
+        damping=args.damping,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+    )
+    s, si = arrays["scores"], arrays["self_influence"]
+    print(
+        f"TRAK over {len(runs)} run(s) ({args.checkpoints} checkpoints), d = {args.proj_dim}: "
+        f"{s.shape[0]} train x {s.shape[1]} {args.test_split} events -> "
+        f"{out.resolve() / 'scores.npy'}"
+    )
+    ids = arrays["event_ids"]
+    print(f"highest TRAK self-influence ({min(N_SHOWN, len(ids))}):")
+    for i in np.argsort(-si, kind="stable")[:N_SHOWN]:
+        print(f"  event {ids[i]:>10d}  {si[i]:.6g}")
     return 0

@@ -695,3 +695,151 @@ def scored_top_k(
         }
         store.finalize(arrays, npz="topk")
     return arrays
+
+
+# --------------------------------------------------------------------- TRAK
+def _select_checkpoints(ckpts, which: str):
+    """``"all"`` checkpoints, or the ``"last"`` one only (TRAK's usual single model)."""
+    from hepattr_jax.errors import ConfigError
+
+    if which == "all":
+        return ckpts
+    if which != "last":
+        raise ConfigError(f"checkpoints {which!r}: use 'all' or 'last'")
+    return ckpts.select([len(ckpts) - 1])
+
+
+def scored_trak_features(
+    run: Run,
+    store_dir: str | Path,
+    projector,
+    *,
+    split: str = "train",
+    checkpoints: str = "last",
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids [N], features [K, N, d], margins [K, N])``: TRAK features
+    (:func:`hepattr_jax.trak.featurize`) of ``run``'s ``split`` events at its ``"last"`` or
+    ``"all"`` checkpoints, persisted chunk by chunk (resumable) in a :class:`ScoreStore` whose
+    meta records the run, checkpoints, projection and settings. Writes ``features.npy``,
+    ``margins.npy`` and ``event_ids.npy``."""
+    import dataclasses
+
+    import jax
+
+    from hepattr_jax import trak
+    from hepattr_jax.per_example import layout_for
+
+    gs = split_of(run, split)
+    ck = _select_checkpoints(run.checkpoints, checkpoints)
+    layout = layout_for(run.model, gs)
+    sub = dataclasses.replace(run, checkpoints=ck)
+    meta = run_meta(sub, "trak_features", gs, split=split, chunk_size=chunk_size, layout=layout)
+    dtype = np.dtype(jax.tree_util.tree_leaves(ck.params)[0].dtype)
+    meta.update(projection=projector.to_meta(), output="margin", dtype=dtype.name)
+    d = projector.proj_dim
+    with ScoreStore.open(store_dir, meta) as store:
+        trak.featurize(
+            layout,
+            ck,
+            gs,
+            projector,
+            chunk_size=chunk_size,
+            progress=progress,
+            on_chunk=store.write_chunk,
+            skip_chunk=store.has,
+        )
+        both = store.assemble(len(gs), n_rows=(len(ck), d + 1))
+        features = np.ascontiguousarray(both[:, :d].transpose(0, 2, 1))
+        margins = both[:, d]
+        ids = np.asarray(gs.events.ids, np.int64)
+        store.finalize({"features": features, "margins": margins, "event_ids": ids})
+    return ids, features, margins
+
+
+def scored_trak(
+    runs: list[Run],
+    store_dir: str | Path,
+    projector,
+    *,
+    test_split: str = "test",
+    checkpoints: str = "last",
+    damping: float = 1e-3,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """TRAK scores of every train event on every ``test_split`` event, ensembled over ``runs``
+    (each contributing its ``"last"`` or ``"all"`` checkpoints), and TRAK self-influence.
+
+    Features of each run and split go to ``store_dir/features/run<i>_<split>`` (resumable
+    stores); the result, ``store_dir`` itself, holds ``scores.npy`` ``[N, M]``,
+    ``self_influence.npy`` ``[N]``, ``event_ids.npy`` and ``test_event_ids.npy``, with a meta
+    naming every member's checkpoints, the projection and ``damping``.
+    """
+    import jax
+
+    from hepattr_jax import trak
+    from hepattr_jax.errors import ConfigError
+
+    if not runs:
+        raise ConfigError("scored_trak: no runs")
+    store_dir = Path(store_dir)
+    train0, test0 = split_of(runs[0], "train"), split_of(runs[0], test_split)
+    parts_tr, parts_te = [], []
+    for i, run in enumerate(runs):
+        for split, ref, parts in (("train", train0, parts_tr), (test_split, test0, parts_te)):
+            gs = split_of(run, split)
+            if not np.array_equal(gs.events.ids, ref.events.ids):
+                raise ConfigError(
+                    f"{run.run_dir}: its {split} events differ from those of {runs[0].run_dir}; "
+                    "ensemble members must be trained on the same data"
+                )
+            _, f, m = scored_trak_features(
+                run,
+                store_dir / "features" / f"run{i}_{split}",
+                projector,
+                split=split,
+                checkpoints=checkpoints,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+            parts.append((f, m))
+    ftr, mtr = trak.stack_members(parts_tr)
+    fte, _ = trak.stack_members(parts_te)
+    members = []
+    for run in runs:
+        ck = _select_checkpoints(run.checkpoints, checkpoints)
+        members.append(
+            {
+                "config_fingerprint": run.config.fingerprint(),
+                "checkpoint_steps": [int(s) for s in ck.steps],
+                "checkpoint_hashes": list(ck.hashes),
+            }
+        )
+    meta = {
+        "kind": "trak_scores",
+        "run_dir": [str(Path(run.run_dir).resolve()) for run in runs],
+        "members": members,
+        "data_fingerprint": runs[0].data.fingerprint,
+        "event_ids_sha": ids_digest(train0.events.ids),
+        "test_split": test_split,
+        "test_event_ids_sha": ids_digest(test0.events.ids),
+        "n_events": len(train0),
+        "n_test_events": len(test0),
+        "projection": projector.to_meta(),
+        "damping": float(damping),
+        "checkpoints": checkpoints,
+        "chunk_size": int(chunk_size),
+        "dtype": "float64",
+        "versions": {"jax": jax.__version__, "numpy": np.__version__, "hepattr_jax": _version()},
+    }
+    with ScoreStore.open(store_dir, meta) as store:
+        arrays = {
+            "scores": trak.trak_scores(ftr, mtr, fte, damping=damping),
+            "self_influence": trak.trak_self_influence(ftr, mtr, damping=damping),
+            "event_ids": train0.events.ids.astype(np.int64),
+            "test_event_ids": test0.events.ids.astype(np.int64),
+        }
+        store.finalize(arrays)
+    return arrays

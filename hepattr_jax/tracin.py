@@ -74,6 +74,20 @@ class Checkpoints:
     def at(self, k: int) -> Params:
         return jax.tree_util.tree_map(lambda x: x[k], self.params)
 
+    def select(self, indices: Sequence[int]) -> Checkpoints:
+        """The checkpoints at ``indices`` (in that order), e.g. ``[len(ck) - 1]``: the last."""
+        idx = np.asarray(indices, np.int64)
+
+        def pick(seq):
+            return tuple(seq[i] for i in idx) if len(seq) else ()
+
+        return Checkpoints(
+            jax.tree_util.tree_map(lambda x: x[idx], self.params),
+            self.lrs[idx],
+            pick(self.steps),
+            pick(self.hashes),
+        )
+
     def lr_array(self):
         dtype = jax.tree_util.tree_leaves(self.params)[0].dtype
         return jnp.asarray(self.lrs, dtype)
