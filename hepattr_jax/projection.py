@@ -7,7 +7,8 @@ parameter leaf ``l`` (in ``jax.tree_util`` order) and row block ``b`` of that le
 
     R[l, b] = scale * draw(fold_in(fold_in(key, l), b), [rows_b, d])
 
-with ``draw`` standard normal (``kind="gaussian"``) or +-1 (``kind="rademacher"``) and
+with ``draw`` standard normal (``kind="gaussian"``) or +-1 (``kind="rademacher"``: fair signs
+unpacked 32 to a random 32-bit word) and
 ``scale = 1 / sqrt(d)``. So the same key gives the same matrix on any device, for any chunk, in
 any process, and at most one ``[block_rows, d]`` block exists at a time.
 
@@ -53,11 +54,16 @@ class Projector:
     def block(self, leaf: int, block: int, rows: int, dtype) -> jax.Array:
         """Rows ``[rows, d]`` of ``R`` for row block ``block`` of parameter leaf ``leaf``."""
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), leaf), block)
-        shape = (rows, self.proj_dim)
+        d = self.proj_dim
         if self.kind == "gaussian":
-            draw = jax.random.normal(key, shape, dtype)
+            draw = jax.random.normal(key, (rows, d), dtype)
         else:
-            draw = jax.random.rademacher(key, shape, dtype)
+            # 32 signs from each random 32-bit word: bit j of word w is column 32 w + j. A
+            # counter-based generator pays per word, so this is ~5x cheaper than one draw per
+            # entry (measured: 0.15 s vs 0.72 s for a [46081, 512] block on a 2-core CPU).
+            words = jax.random.bits(key, (rows, -(-d // 32)), jnp.uint32)
+            bit = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
+            draw = 2 * bit.reshape(rows, -1)[:, :d].astype(dtype) - 1
         return draw * jnp.asarray(self.scale, dtype)
 
     def to_meta(self) -> dict[str, Any]:
