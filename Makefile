@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tracin_throughput.py
+	$(BIN)/python -m benchmarks.projection_throughput
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
