@@ -49,6 +49,7 @@ import numpy as np
 from hepattr_jax import per_example, tracin
 from hepattr_jax.data.susy_sim import simulate_susy
 from hepattr_jax.data.synthetic import random_events
+from hepattr_jax.environment import cpu_model
 from hepattr_jax.graphs import GraphSet, build_graphs
 from hepattr_jax.losses import mean_loss
 from hepattr_jax.models import count_params, make_model
@@ -154,16 +155,6 @@ def device_peak_bytes() -> int | None:
     """Peak bytes in use on the accelerator (None where the backend reports nothing, e.g. CPU)."""
     stats = jax.devices()[0].memory_stats()
     return None if not stats else stats.get("peak_bytes_in_use")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _slug(text: str) -> str:

@@ -31,8 +31,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,6 +41,7 @@ import numpy as np
 from hepattr_jax import evaluation, metrics
 from hepattr_jax.config import TrainConfig, load_config
 from hepattr_jax.data.registry import load_dataset
+from hepattr_jax.environment import hardware
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz
 from hepattr_jax.runs import load_run
 from hepattr_jax.store import scored_self_influence
@@ -356,22 +355,6 @@ def summarise(rows: dict, ds: str, seeds) -> tuple[list[dict], list[str]]:
     return table, paired
 
 
-def _hardware() -> str:
-    """E.g. 'cpu: AMD EPYC (2 cores)' or the accelerator's kind."""
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        return f"{dev.platform}: {dev.device_kind}"
-    model = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model} ({os.cpu_count()} cores)"
-
-
 def _row_minutes(rows: dict) -> float:
     return sum(r.get("wall_seconds", 0.0) for r in rows.values() if isinstance(r, dict)) / 60
 
@@ -384,7 +367,7 @@ def write_report(
     lines = [
         f"# GNN-IRST study, preset `{preset}`",
         "",
-        f"Data sets {', '.join(p.datasets)}. Date {datetime.date.today()}; {_hardware()}, "
+        f"Data sets {', '.join(p.datasets)}. Date {datetime.date.today()}; {hardware()}, "
         f"jax {jax.__version__}; seeds {list(p.seeds)} (model init "
         f"and batch order; split seed 0 fixed); {p.epochs} epochs per training, a checkpoint each "
         f"epoch; {minutes:.1f} min in this invocation, {_row_minutes(rows):.1f} min of "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from datetime import date
 from pathlib import Path
@@ -468,18 +467,12 @@ def _colour_quantity(phys: dict) -> str:
 
 
 def _environment() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os
 
+    from hepattr_jax.environment import cpu_model
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "jax": jax.__version__,
         "device": str(jax.devices()[0].platform),

@@ -1,0 +1,28 @@
+"""What machine a result was measured on, for reports and benchmarks (no JAX state changed)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows, else "unknown"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def hardware() -> str:
+    """E.g. ``"cpu: AMD EPYC (2 cores)"``, or the accelerator's platform and kind."""
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return f"{dev.platform}: {dev.device_kind}"
+    return f"cpu: {cpu_model()} ({os.cpu_count()} cores)"
