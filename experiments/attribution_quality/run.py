@@ -180,7 +180,7 @@ def run_study(out: Path) -> Path:
             }
         ck_s = runs[seed].checkpoints
         if last_only:
-            ck_s = _last_checkpoint(ck_s)
+            ck_s = ck_s.select([len(ck_s) - 1])
         lay = layout_for(runs[seed].model, train_gs)
 
         def f():
@@ -261,17 +261,6 @@ def run_study(out: Path) -> Path:
     return path
 
 
-def _last_checkpoint(ck):
-    """The last of a run's checkpoints, as a one-member ``Checkpoints``."""
-    return dataclasses.replace(
-        ck,
-        params=jax.tree_util.tree_map(lambda x: x[-1:], ck.params),
-        lrs=ck.lrs[-1:],
-        steps=ck.steps[-1:],
-        hashes=ck.hashes[-1:],
-    )
-
-
 def _top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     """Mean over test events of |top-k proponents of a & of b| / k."""
     ta = np.argsort(-a, axis=0)[:k]
@@ -301,7 +290,7 @@ def _trak_mislabel(cache: Path) -> dict:
         noisy = data.with_train(dataclasses.replace(data.train, events=ev))
         run = load_run(run_dir, data=noisy)
         ck = run.checkpoints
-        last = _last_checkpoint(ck)
+        last = ck.select([len(ck) - 1])
         lay = layout_for(run.model, noisy.train)
 
         def f(lay=lay, last=last, noisy=noisy):
