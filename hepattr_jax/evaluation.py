@@ -124,23 +124,11 @@ def detection_rates(scores, flipped, fractions=(0.05, 0.1, 0.2)) -> dict[str, fl
 
 # --------------------------------------------------------------------- attribution quality (LDS)
 def rankdata(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Ranks ``1..n`` along ``axis``, ties given their average rank (``scipy.stats.rankdata``)."""
-    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
-    order = np.argsort(x, axis=-1, kind="stable")
-    xs = np.take_along_axis(x, order, -1)
-    n = x.shape[-1]
-    ranks_sorted = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), xs.shape).copy()
-    # Average the ranks of each run of equal values.
-    flat_x, flat_r = xs.reshape(-1, n), ranks_sorted.reshape(-1, n)
-    for row in range(flat_x.shape[0]):
-        new = np.concatenate([[True], flat_x[row, 1:] != flat_x[row, :-1]])
-        starts = np.flatnonzero(new)
-        sizes = np.diff(np.append(starts, n))
-        if np.any(sizes > 1):
-            flat_r[row] = np.repeat(starts + (sizes + 1) / 2.0, sizes)
-    out = np.empty_like(ranks_sorted)
-    np.put_along_axis(out, order, flat_r.reshape(xs.shape), -1)
-    return np.moveaxis(out, -1, axis)
+    """Ranks ``1..n`` along ``axis``, ties given their average rank (``scipy.stats.rankdata``,
+    already a dependency for the TRAK solves, in float64)."""
+    import scipy.stats
+
+    return scipy.stats.rankdata(np.asarray(x, np.float64), method="average", axis=axis)
 
 
 def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
