@@ -835,9 +835,10 @@ def scored_trak(
         "versions": {"jax": jax.__version__, "numpy": np.__version__, "hepattr_jax": _version()},
     }
     with ScoreStore.open(store_dir, meta) as store:
+        factors = trak.gram_factors(ftr, damping=damping)  # shared by both results
         arrays = {
-            "scores": trak.trak_scores(ftr, mtr, fte, damping=damping),
-            "self_influence": trak.trak_self_influence(ftr, mtr, damping=damping),
+            "scores": trak.trak_scores(ftr, mtr, fte, damping=damping, factors=factors),
+            "self_influence": trak.trak_self_influence(ftr, mtr, damping=damping, factors=factors),
             "event_ids": train0.events.ids.astype(np.int64),
             "test_event_ids": test0.events.ids.astype(np.int64),
         }

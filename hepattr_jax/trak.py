@@ -108,15 +108,24 @@ def _gram_factor(phi: np.ndarray, damping: float, block: int):
         ) from None
 
 
+def gram_factors(train_features, *, damping: float = 1e-3, block: int = 8192) -> list:
+    """Cholesky factors of ``G_e = Phi_e^T Phi_e + lambda_e I``, one per member: the costly
+    part (``N d^2`` per member) that scores and self-influence share (pass it as ``factors``)."""
+    return [_gram_factor(train_features[e], damping, block) for e in range(len(train_features))]
+
+
 def solved_test_features(
-    train_features, test_features, *, damping: float = 1e-3, block: int = 8192
+    train_features, test_features, *, damping: float = 1e-3, block: int = 8192, factors=None
 ):
     """``[E, d, M]``: ``G_e^-1 phi_e(x)`` for every member ``e`` and test event ``x``."""
-    out = []
-    for e in range(train_features.shape[0]):
-        factor = _gram_factor(train_features[e], damping, block)
-        out.append(scipy.linalg.cho_solve(factor, np.asarray(test_features[e], np.float64).T))
-    return np.stack(out)
+    if factors is None:
+        factors = gram_factors(train_features, damping=damping, block=block)
+    return np.stack(
+        [
+            scipy.linalg.cho_solve(f, np.asarray(test_features[e], np.float64).T)
+            for e, f in enumerate(factors)
+        ]
+    )
 
 
 def trak_score_blocks(
@@ -126,11 +135,15 @@ def trak_score_blocks(
     *,
     damping: float = 1e-3,
     block: int = 8192,
+    factors=None,
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Streams ``(rows, scores [rows, M])`` over blocks of training events (see module doc);
-    memory is ``O(E d M + block M)`` whatever ``N``."""
+    memory is ``O(E d M + block M)`` whatever ``N``. ``factors``: from :func:`gram_factors`
+    (computed here if not given)."""
     _check(train_features, train_margins, test_features)
-    kx = solved_test_features(train_features, test_features, damping=damping, block=block)
+    kx = solved_test_features(
+        train_features, test_features, damping=damping, block=block, factors=factors
+    )
     e_count, n = train_margins.shape
     for s in range(0, n, block):
         rows = slice(s, min(s + block, n))
@@ -140,28 +153,35 @@ def trak_score_blocks(
 
 
 def trak_scores(
-    train_features, train_margins, test_features, *, damping: float = 1e-3, block: int = 8192
+    train_features,
+    train_margins,
+    test_features,
+    *,
+    damping: float = 1e-3,
+    block: int = 8192,
+    factors=None,
 ) -> np.ndarray:
     """``[N, M]`` TRAK scores of every train event on every test event (module doc)."""
     n, m = train_margins.shape[1], test_features.shape[1]
     out = np.zeros((n, m))
     for rows, scores in trak_score_blocks(
-        train_features, train_margins, test_features, damping=damping, block=block
+        train_features, train_margins, test_features, damping=damping, block=block, factors=factors
     ):
         out[rows] = scores
     return out
 
 
 def trak_self_influence(
-    train_features, train_margins, *, damping: float = 1e-3, block: int = 8192
+    train_features, train_margins, *, damping: float = 1e-3, block: int = 8192, factors=None
 ) -> np.ndarray:
     """``[N]`` ``tau(z_i, z_i)``: mean over members of ``phi_e(z_i)^T G_e^-1 phi_e(z_i)``, times
-    the mean weight ``q(z_i)``."""
+    the mean weight ``q(z_i)``. ``factors``: from :func:`gram_factors` (computed if not given)."""
     _check(train_features, train_margins)
     e_count, n = train_margins.shape
+    if factors is None:
+        factors = gram_factors(train_features, damping=damping, block=block)
     lev = np.zeros(n)
-    for e in range(e_count):
-        factor = _gram_factor(train_features[e], damping, block)
+    for e, factor in enumerate(factors):
         for s in range(0, n, block):
             p = np.asarray(train_features[e, s : s + block], np.float64)
             lev[s : s + len(p)] += np.einsum("nd,dn->n", p, scipy.linalg.cho_solve(factor, p.T))
