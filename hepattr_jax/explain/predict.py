@@ -193,15 +193,15 @@ class BatchedPredictor:
         if events.nodes.shape[1] != ref.nodes.shape[1] or events.globals.shape != ref.globals.shape:
             raise DataError(f"{events.source}: feature columns differ from the predictor's")
 
-    def __call__(self, events: EventSet | None = None) -> np.ndarray:
+    def _inputs(self, events: EventSet | None) -> tuple:
+        """``(params, nodes, globals, packed)`` for the jitted functions, after the checks."""
         events = self.gs.events if events is None else events
         self._check(events)
-        out = self._logits(
-            self.params,
-            jnp.asarray(events.nodes, jnp.float32),
-            jnp.asarray(events.globals, jnp.float32),
-            self._dev,
-        )
+        nodes = jnp.asarray(events.nodes, jnp.float32)
+        return self.params, nodes, jnp.asarray(events.globals, jnp.float32), self._dev
+
+    def __call__(self, events: EventSet | None = None) -> np.ndarray:
+        out = self._logits(*self._inputs(events))
         return np.asarray(out)[self._mask].astype(np.float64)
 
     # ----------------------------------------------------------------- activations
@@ -258,14 +258,7 @@ class BatchedPredictor:
     def activations(self, events: EventSet | None = None) -> dict[str, np.ndarray]:
         """Per-event activations of every layer, ``{layer: float32 [N, D]}`` in call order
         (``readout_in`` is the pooled latent; see the module docstring)."""
-        events = self.gs.events if events is None else events
-        self._check(events)
-        out = self._acts(
-            self.params,
-            jnp.asarray(events.nodes, jnp.float32),
-            jnp.asarray(events.globals, jnp.float32),
-            self._dev,
-        )
+        out = self._acts(*self._inputs(events))
         return {
             name: np.asarray(a)[self._mask] for name, a in zip(self._layer_names, out, strict=True)
         }
