@@ -35,7 +35,7 @@ from benchmarks.tracin_throughput import (
     time_calls,
 )
 from hepattr_jax import tracin, trak
-from hepattr_jax.per_example import DenseEdgeConvLayout
+from hepattr_jax.per_example import NeighbourLayout
 from hepattr_jax.projection import Projector
 from hepattr_jax.sharding import event_mesh
 
@@ -88,7 +88,7 @@ def run(preset: str) -> dict:
         "environment": environment(),
     }
     w = make_workload(p)
-    layout = DenseEdgeConvLayout()
+    layout = NeighbourLayout(w.model)
     n, k, n_params = len(w.train), len(w.ckpts), w.n_params
     grad_flops = _grad_flops(w, p.n_features) * k
     res["workload"] = {

@@ -53,7 +53,7 @@ from hepattr_jax.environment import cpu_model
 from hepattr_jax.graphs import GraphSet, build_graphs
 from hepattr_jax.losses import mean_loss
 from hepattr_jax.models import count_params, make_model
-from hepattr_jax.per_example import DenseEdgeConvLayout, GraphLayout
+from hepattr_jax.per_example import GraphLayout, NeighbourLayout
 
 REF_N_PARAMS = 46_081  # edgeconv-64 with 7 node features, from the workload spec
 
@@ -505,7 +505,7 @@ def bench_self_influence(p: Preset, w: Workload) -> dict:
     ref = bench_reference(p, w)
     ref_values = ref.pop("_values")
     n_ref = len(ref_values)
-    dense_layout, generic_layout = DenseEdgeConvLayout(), GraphLayout(w.model)
+    dense_layout, generic_layout = NeighbourLayout(w.model), GraphLayout(w.model)
     results = {"reference_loop": ref, "dense": [], "generic": []}
     for name, layout, sizes in (
         ("dense", dense_layout, p.chunk_sizes),
@@ -518,7 +518,7 @@ def bench_self_influence(p: Preset, w: Workload) -> dict:
             results[name].append(r)
             print(f"  {name} chunk {c}: {r['events_per_s']:.0f} events/s", flush=True)
     results["layouts"] = {
-        "dense": "per_example.DenseEdgeConvLayout()",
+        "dense": "per_example.NeighbourLayout(w.model)",
         "generic": "per_example.GraphLayout(model)",
     }
     return results
@@ -546,7 +546,7 @@ def _time_training_grads(grad_fn, params, gs: GraphSet, batch_size: int) -> Call
 
 def bench_overhead(p: Preset, w: Workload) -> dict:
     """Per-event self-influence at one checkpoint over one ordinary gradient pass, same events."""
-    layout, c = DenseEdgeConvLayout(), p.overhead_chunk_size
+    layout, c = NeighbourLayout(w.model), p.overhead_chunk_size
     ck1 = first_checkpoint(w.ckpts)
     params = w.ckpts.at(0)
     per_event = time_calls(
@@ -572,7 +572,7 @@ def bench_overhead(p: Preset, w: Workload) -> dict:
         "batch_grad_dense": {
             **strict,
             **bg_summary,
-            "what": "per_example.batch_grad_kernel(DenseEdgeConvLayout()): gradient of "
+            "what": "per_example.batch_grad_kernel(NeighbourLayout(w.model)): gradient of "
             "the summed loss, same layout and chunks",
         },
         "training_grad_graphstuple": {
@@ -597,7 +597,7 @@ def bench_matrix(p: Preset, w: Workload) -> dict:
     with CompileClock() as clock:
         t0 = time.perf_counter()
         m = tracin.influence_matrix(
-            DenseEdgeConvLayout(), w.ckpts, w.train, w.test, chunk_size=c, progress=False
+            NeighbourLayout(w.model), w.ckpts, w.train, w.test, chunk_size=c, progress=False
         )
         total = time.perf_counter() - t0
     pairs = len(w.train) * len(w.test)

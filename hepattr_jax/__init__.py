@@ -14,14 +14,16 @@ from hepattr_jax.datamodels import subset_masks, train_subset_models
 from hepattr_jax.errors import CheckpointError, ConfigError, DataError, HepattrError, StoreError
 from hepattr_jax.evaluation import linear_datamodeling_score
 from hepattr_jax.explain import explain_run, permutation_importance, shapley_values
+from hepattr_jax.graph_ops import NeighbourGraph
 from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
 from hepattr_jax.metrics import auroc, binary_metrics, roc_curve
 from hepattr_jax.models import count_params, make_model
-from hepattr_jax.per_example import DenseEdgeConvLayout, GraphLayout, layout_for
+from hepattr_jax.per_example import GraphLayout, NeighbourLayout, layout_for, plan_buckets
 from hepattr_jax.projection import Projector
 from hepattr_jax.runs import Run, load_run
+from hepattr_jax.scoring import scored_self_influence
 from hepattr_jax.sharding import event_mesh
-from hepattr_jax.store import ScoreStore, scored_self_influence
+from hepattr_jax.store import ScoreStore
 from hepattr_jax.tracin import (
     Checkpoints,
     TopK,
@@ -46,11 +48,12 @@ __all__ = [
     "Checkpoints",
     "ConfigError",
     "DataError",
-    "DenseEdgeConvLayout",
     "EventSet",
     "GraphLayout",
     "GraphSet",
     "HepattrError",
+    "NeighbourGraph",
+    "NeighbourLayout",
     "Normalizer",
     "Projector",
     "Run",
@@ -75,6 +78,7 @@ __all__ = [
     "load_run",
     "make_model",
     "permutation_importance",
+    "plan_buckets",
     "projected_features",
     "roc_curve",
     "scored_self_influence",

@@ -115,6 +115,31 @@ class GraphSet:
     def n_edge(self) -> np.ndarray:
         return np.diff(self.edge_offsets)
 
+    @functools.cached_property
+    def _in_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        ev = self.events
+        ne = self.n_edge
+        node_base = np.repeat(ev.offsets[:-1], ne)  # global row of each edge's event's node 0
+        global_recv = self.receivers.astype(np.int64) + node_base
+        order = np.argsort(global_recv, kind="stable")
+        counts = np.bincount(global_recv, minlength=int(ev.offsets[-1]))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.empty(len(global_recv), np.int32)
+        slot[order] = np.arange(len(order)) - starts[global_recv[order]]
+        deg_max = np.maximum.reduceat(counts, ev.offsets[:-1]) if len(ev) else np.zeros(0, np.int64)
+        return slot, deg_max.astype(np.int64)
+
+    @property
+    def in_slot(self) -> np.ndarray:
+        """int32 ``[sum_i e_i]``: rank of each edge among the edges its receiver gets (stored
+        order); the edge's slot in the neighbour-list layout."""
+        return self._in_slots[0]
+
+    @property
+    def in_degree_max(self) -> np.ndarray:
+        """int64 ``[N]``: the largest number of edges any node of each event receives."""
+        return self._in_slots[1]
+
     def single_budget(self, n_node: int | None = None) -> Budget:
         """Budget for one event alone (per-example stack): largest event plus one padding node."""
         nmax = int(self.events.n_node.max()) if n_node is None else n_node

@@ -123,7 +123,7 @@ def _load(args):
 
 
 def _cmd_self(args) -> int:
-    from hepattr_jax.store import scored_self_influence
+    from hepattr_jax.scoring import scored_self_influence
 
     run = _load(args)
     out = args.out or args.run_dir / "influence" / f"self_influence_{args.split}"
@@ -143,7 +143,7 @@ def _cmd_self(args) -> int:
 
 
 def _cmd_matrix(args) -> int:
-    from hepattr_jax.store import scored_influence_matrix
+    from hepattr_jax.scoring import scored_influence_matrix
 
     run = _load(args)
     out = args.out or args.run_dir / "influence" / f"matrix_{args.test_split}"
@@ -189,7 +189,7 @@ def topk_summary(arrays: dict, train_labels: dict, test_labels: dict, n: int, sh
 
 def _cmd_topk(args) -> int:
     from hepattr_jax.io_utils import atomic_write_text
-    from hepattr_jax.store import scored_top_k
+    from hepattr_jax.scoring import scored_top_k
 
     run = _load(args)
     out = Path(args.out or args.run_dir / "influence" / f"top{args.k}_{args.test_split}")
@@ -223,7 +223,7 @@ def _cmd_trak(args) -> int:
     from hepattr_jax.errors import ConfigError
     from hepattr_jax.projection import Projector
     from hepattr_jax.runs import load_run
-    from hepattr_jax.store import scored_trak
+    from hepattr_jax.scoring import scored_trak
 
     _positive(args, "chunk_size", "proj_dim")
     if not args.damping > 0:

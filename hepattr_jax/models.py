@@ -1,6 +1,9 @@
-"""GNN classifiers over padded ``jraph.GraphsTuple`` batches (flax.linen), chosen by name.
+"""GNN classifiers (flax.linen), chosen by name, each written once against :mod:`graph_ops`.
 
-Every model maps a (padded) GraphsTuple to one logit per graph, ``[n_graph]``. Padding graphs get
+Every model maps a padded ``jraph.GraphsTuple`` (a training batch) to one logit per graph,
+``[n_graph]``, and a :class:`~hepattr_jax.graph_ops.NeighbourGraph` (one event in the per-event
+neighbour-list layout the attribution kernels batch with ``vmap``) to ``[1]``: the same code,
+the backend chosen by the input's type. Padding graphs get
 finite logits (never NaN/inf), so masking them out with ``jnp.where`` also keeps their gradient
 exactly zero. Event-level inputs (``graphs.globals``, ``[n_graph, G]``) are concatenated to the
 pooled readout when ``use_globals`` is true.
@@ -9,8 +12,8 @@ Models:
   * ``edgeconv``: the ref-edgeconv model of shared/spec/benchmark-workload.md (46,081 parameters
     at its defaults with 7 node features and no globals). EdgeConv (Wang et al., arXiv 1801.07829)
     message ``m_ij = MLP([h_i, h_j - h_i])``, mean over incoming edges, residual update.
-  * ``interaction``: an interaction network (Battaglia et al., arXiv 1612.00222) built from
-    ``jraph.GraphNetwork``: edge MLP on ``[e_ij, h_j, h_i]``, node MLP on ``[h_i, sum_j e_ij]``.
+  * ``interaction``: an interaction network (Battaglia et al., arXiv 1612.00222): edge MLP on
+    ``[e_ij, h_j, h_i]``, node MLP on ``[h_i, mean_j e_ij]``.
   * ``gcn``: a graph-convolution stack (Kipf & Welling, arXiv 1609.02907; symmetric normalisation
     with self loops) with mean pooling and a dense head, as in the GNN-IRST paper
     (arXiv 2407.14859).
@@ -23,43 +26,42 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import jraph
 
 from hepattr_jax.errors import ConfigError
-from hepattr_jax.graphs import node_graph_index
+from hepattr_jax.graph_ops import edge_concat, ops_for
 
 
-def _pool(h: jax.Array, graphs: jraph.GraphsTuple, kind: Sequence[str]) -> jax.Array:
-    """Per-graph pooling of node features ``h [n_node, D]`` -> ``[n_graph, D * len(kind)]``.
-
-    ``max`` of a graph without nodes (empty padding graphs) is 0 rather than -inf, so padding
-    logits stay finite and their masked-out gradients stay exactly zero.
-    """
-    n_total = h.shape[0]
-    n_graph = graphs.n_node.shape[0]
-    gidx = node_graph_index(graphs.n_node, n_total)
-    out = []
-    for k in kind:
-        if k == "mean":
-            out.append(jraph.segment_mean(h, gidx, n_graph))
-        elif k == "max":
-            mx = jraph.segment_max(h, gidx, n_graph)
-            out.append(jnp.where(graphs.n_node[:, None] > 0, mx, 0.0))
-        elif k == "sum":
-            out.append(jraph.segment_sum(h, gidx, n_graph))
-        else:
-            raise ConfigError(f"unknown pooling {k!r}")
-    return jnp.concatenate(out, axis=-1)
-
-
-def _readout_inputs(pooled: jax.Array, graphs: jraph.GraphsTuple, use_globals: bool) -> jax.Array:
+def _readout_inputs(pooled: jax.Array, ops, use_globals: bool) -> jax.Array:
     if use_globals:
-        return jnp.concatenate([pooled, graphs.globals], axis=-1)
+        return jnp.concatenate([pooled, ops.graph_globals()], axis=-1)
     return pooled
 
 
+def _factorised_edge_layer(dense: nn.Dense, h: jax.Array, ops):
+    """``dense([h_i, h_j - h_i])`` on every edge, computed from per-node products.
+
+    ``[h_i, h_j - h_i] W + b = (h_i (W_a - W_b) + b) + h_j W_b`` with ``W = [W_a; W_b]``: one call
+    of the layer on the ``2n`` per-node rows ``[h, -h]`` and ``[0, h]`` replaces its call on the
+    ``E`` edge rows (``E = n k`` for kNN, ``n (n - 1)`` fully connected), and the edge value is a
+    gather and an add. Exact; the layer stays an ordinary ``nn.Dense`` (same parameters, and its
+    parameter gradient is still ``sum_rows a^T delta``).
+    """
+    n = h.shape[0]
+    rows = jnp.concatenate(
+        [jnp.concatenate([h, -h], -1), jnp.concatenate([jnp.zeros_like(h), h], -1)], 0
+    )
+    y = dense(rows)
+    per_recv, per_send = y[:n], y[n:] - dense.variables["params"]["bias"]
+    return ops.receivers_of(per_recv) + ops.senders_of(per_send)
+
+
 class EdgeConvNet(nn.Module):
-    """Encoder Dense(h)+ReLU; ``n_blocks`` residual EdgeConv blocks; mean+max readout MLP."""
+    """Encoder Dense(h)+ReLU; ``n_blocks`` residual EdgeConv blocks; mean+max readout MLP.
+
+    The first layer of each edge MLP is factorised per node (:func:`_factorised_edge_layer`).
+    """
+
+    graph_ops = True  # written against graph_ops: runs on NeighbourGraph events too
 
     hidden: int = 64
     n_blocks: int = 3
@@ -67,23 +69,29 @@ class EdgeConvNet(nn.Module):
     use_globals: bool = False
 
     @nn.compact
-    def __call__(self, graphs: jraph.GraphsTuple) -> jax.Array:
-        n_total = graphs.nodes.shape[0]
-        h = nn.relu(nn.Dense(self.hidden, name="encoder")(graphs.nodes))
+    def __call__(self, graphs) -> jax.Array:
+        ops = ops_for(graphs)
+        h = nn.relu(nn.Dense(self.hidden, name="encoder")(ops.nodes))
         for b in range(self.n_blocks):
-            h_i = h[graphs.receivers]
-            h_j = h[graphs.senders]
-            m = jnp.concatenate([h_i, h_j - h_i], axis=-1)
-            m = nn.relu(nn.Dense(self.hidden, name=f"edge{b}_0")(m))
-            m = nn.relu(nn.Dense(self.hidden, name=f"edge{b}_1")(m))
-            h = h + jraph.segment_mean(m, graphs.receivers, n_total)
-        r = _readout_inputs(_pool(h, graphs, ("mean", "max")), graphs, self.use_globals)
+            z = _factorised_edge_layer(nn.Dense(self.hidden, name=f"edge{b}_0"), h, ops)
+            m = nn.relu(nn.Dense(self.hidden, name=f"edge{b}_1")(nn.relu(z)))
+            h = h + ops.aggregate(m, "mean")
+        r = _readout_inputs(ops.pool(h, ("mean", "max")), ops, self.use_globals)
         r = nn.relu(nn.Dense(self.readout_hidden, name="readout_0")(r))
         return nn.Dense(1, name="readout_1")(r)[:, 0]
 
 
 class InteractionNet(nn.Module):
-    """Interaction network via ``jraph.GraphNetwork``, learned edge states; mean+max readout."""
+    """Interaction network (Battaglia et al.): learned edge states, mean aggregation, residual
+    node update, mean+max readout.
+
+    Block ``b``: ``e_ij <- MLP_e([e_ij, h_j, h_i])`` (``e`` is empty before the first block),
+    ``h_i <- h_i + MLP_n([h_i, mean_j e_ij])``. The first block's first edge layer is factorised
+    per node (its input has no edge part). Parameter names are those of the earlier
+    ``jraph.GraphNetwork`` formulation (``edge{b}/dense{i}``, ``node{b}/dense{i}``).
+    """
+
+    graph_ops = True  # written against graph_ops: runs on NeighbourGraph events too
 
     hidden: int = 64
     n_blocks: int = 2
@@ -91,27 +99,19 @@ class InteractionNet(nn.Module):
     use_globals: bool = False
 
     @nn.compact
-    def __call__(self, graphs: jraph.GraphsTuple) -> jax.Array:
-        n_edge_total = graphs.senders.shape[0]
-        h = nn.relu(nn.Dense(self.hidden, name="encoder")(graphs.nodes))
-        g = graphs._replace(nodes=h, edges=jnp.zeros((n_edge_total, 0), h.dtype))
+    def __call__(self, graphs) -> jax.Array:
+        ops = ops_for(graphs)
+        h = nn.relu(nn.Dense(self.hidden, name="encoder")(ops.nodes))
+        e = None
         for b in range(self.n_blocks):
             edge_mlp = _MLP((self.hidden, self.hidden), name=f"edge{b}")
             node_mlp = _MLP((self.hidden, self.hidden), name=f"node{b}")
-
-            def update_edge(e, s, r, _glob, edge_mlp=edge_mlp):
-                return edge_mlp(jnp.concatenate([e, s, r], axis=-1))
-
-            def update_node(n, _sent, recv, _glob, node_mlp=node_mlp):
-                return n + node_mlp(jnp.concatenate([n, recv], axis=-1))
-
-            net = jraph.GraphNetwork(
-                update_edge_fn=update_edge,
-                update_node_fn=update_node,
-                aggregate_edges_for_nodes_fn=jraph.segment_mean,
-            )
-            g = net(g)
-        r = _readout_inputs(_pool(g.nodes, graphs, ("mean", "max")), graphs, self.use_globals)
+            if e is None:
+                e = edge_mlp(None, first=(h, ops))
+            else:
+                e = edge_mlp(edge_concat(ops, [e, ops.senders_of(h), ops.receivers_of(h)]))
+            h = h + node_mlp(jnp.concatenate([h, ops.aggregate(e, "mean")], axis=-1))
+        r = _readout_inputs(ops.pool(h, ("mean", "max")), ops, self.use_globals)
         r = nn.relu(nn.Dense(self.readout_hidden, name="readout_0")(r))
         return nn.Dense(1, name="readout_1")(r)[:, 0]
 
@@ -119,37 +119,52 @@ class InteractionNet(nn.Module):
 class GCNNet(nn.Module):
     """GCN layers ``h' = ReLU(W sum_j h_j / sqrt(d_i d_j))`` (with self loops); mean pool; MLP."""
 
+    graph_ops = True  # written against graph_ops: runs on NeighbourGraph events too
+
     hidden: int = 64
     n_layers: int = 3
     readout_hidden: int = 64
     use_globals: bool = False
 
     @nn.compact
-    def __call__(self, graphs: jraph.GraphsTuple) -> jax.Array:
-        n_total = graphs.nodes.shape[0]
-        # Padding edges touch only padding nodes; count real in-degree + 1 (self loop).
-        h_dtype = graphs.nodes.dtype
-        ones = jnp.ones(graphs.receivers.shape, h_dtype)
-        deg = jraph.segment_sum(ones, graphs.receivers, n_total) + 1.0
-        inv_sqrt = jax.lax.rsqrt(deg)
-        h = graphs.nodes
+    def __call__(self, graphs) -> jax.Array:
+        ops = ops_for(graphs)
+        # Real in-degree + 1 (self loop); padding edges land on padding nodes only.
+        inv_sqrt = jax.lax.rsqrt(ops.in_degree() + 1.0)[:, None]
+        h = ops.nodes
         for layer in range(self.n_layers):
             h = nn.Dense(self.hidden, name=f"gcn{layer}")(h)
-            msg = (h * inv_sqrt[:, None])[graphs.senders]
-            agg = jraph.segment_sum(msg, graphs.receivers, n_total) + h * inv_sqrt[:, None]
-            h = nn.relu(agg * inv_sqrt[:, None]).astype(h_dtype)
-        r = _readout_inputs(_pool(h, graphs, ("mean",)), graphs, self.use_globals)
+            hs = h * inv_sqrt
+            agg = ops.aggregate(ops.senders_of(hs), "sum") + hs
+            h = nn.relu(agg * inv_sqrt)
+        r = _readout_inputs(ops.pool(h, ("mean",)), ops, self.use_globals)
         r = nn.relu(nn.Dense(self.readout_hidden, name="readout_0")(r))
         return nn.Dense(1, name="readout_1")(r)[:, 0]
 
 
 class _MLP(nn.Module):
+    """Dense+ReLU stack. ``first=(h, ops)`` feeds it ``[h_j, h_i]`` on every edge, with the first
+    layer factorised per node (``[h_j, h_i] W + b = h_j W_s + (h_i W_r + b)``)."""
+
     sizes: Sequence[int]
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, first=None):
         for i, s in enumerate(self.sizes):
-            x = nn.relu(nn.Dense(s, name=f"dense{i}")(x))
+            dense = nn.Dense(s, name=f"dense{i}")
+            if i == 0 and first is not None:
+                h, ops = first
+                n = h.shape[0]
+                zeros = jnp.zeros_like(h)
+                rows = jnp.concatenate(
+                    [jnp.concatenate([h, zeros], -1), jnp.concatenate([zeros, h], -1)], 0
+                )
+                y = dense(rows)
+                per_send, per_recv = y[:n] - dense.variables["params"]["bias"], y[n:]
+                x = ops.senders_of(per_send) + ops.receivers_of(per_recv)
+            else:
+                x = dense(x)
+            x = nn.relu(x)
         return x
 
 

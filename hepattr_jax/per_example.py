@@ -1,22 +1,25 @@
 """Per-event gradient kernels: one event's loss, ``jax.grad``, batched with ``jax.vmap``.
 
-Two layouts feed the same machinery (each a single-event loss ``loss_one(params, example)``):
+A *layout* turns events into fixed-shape chunks and says what one event's loss is; every kernel
+here and every driver (:mod:`hepattr_jax.engine`) takes any object with this protocol::
 
-* :class:`GraphLayout` (any model, any edges): an event padded alone to the budget of its
-  node-count bucket, as a two-graph ``Batch`` (the per-example stack of :mod:`hepattr_jax.graphs`);
-  the flax model itself is differentiated.
-* :class:`DenseEdgeConvLayout` (``edgeconv`` on fully connected graphs, the GNN-IRST setting and
-  the ref-edgeconv workload): the same network written for one event of exactly ``n`` nodes as
-  dense ``[n, n, H]`` edge tensors. It uses the *same* flax parameter tree, and two exact
-  rewritings: the first EdgeConv layer on ``[h_i, h_j - h_i]`` factorises into per-node products,
-  ``[h_i, h_j - h_i] W = h_i (W_a - W_b) + h_j W_b``, which moves ``2 H x H`` multiply-adds from
-  each of the ``n(n-1)`` edges to each of the ``n`` nodes; and gather/scatter over edge lists
-  becomes a masked sum over the ``n x n`` block. Events are grouped by exact node count, so there
-  is no padding and no node mask at all.
+    layout.chunks(gs, chunk_size, positions=None) -> Iterator[Chunk]   # fixed shape per bucket
+    layout.loss_one(params, example) -> []     # 0 for filler slots
+    layout.margin_one(params, example) -> []   # (2y - 1) * logit, TRAK's model output
 
-Either way events are processed in chunks of fixed size per bucket (the tail of a bucket is padded
-with ``valid=False`` slots that contribute exactly zero), so every kernel compiles once per
-(bucket, chunk) shape and memory is bounded by the chunk size whatever the data-set size.
+Two layouts, both differentiating the model's own flax module (there is no second copy of any
+model):
+
+* :class:`NeighbourLayout`, for models written against :mod:`hepattr_jax.graph_ops` (every
+  built-in model): one event as a :class:`~hepattr_jax.graph_ops.NeighbourGraph`, aggregation a
+  masked reduction over incoming-edge slots (no scatter, no receiver gather);
+* :class:`GraphLayout`, for any flax module over ``jraph.GraphsTuple`` (a user's own): the event
+  padded alone as a two-graph GraphsTuple.
+
+Both group events into at most ``max_buckets`` shapes by :func:`plan_buckets` (padding waste
+reported by ``layout.plan(gs).waste``), and pad the tail of each bucket's last chunk with filler
+slots that contribute exactly zero, so every kernel compiles once per bucket shape and memory is
+bounded by the chunk size whatever the data-set size.
 
 Checkpoints enter as a *stacked* parameter tree (leading axis K) and are looped with
 ``jax.lax.scan`` inside one jitted call, so each chunk is sent to the device once for all K.
@@ -34,30 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from hepattr_jax.errors import ConfigError
-from hepattr_jax.graphs import Batch, GraphSet
+from hepattr_jax.errors import ConfigError, DataError
+from hepattr_jax.graph_ops import NeighbourGraph
+from hepattr_jax.graphs import Batch, Budget, GraphSet, _ragged_rows
 from hepattr_jax.losses import bce_with_logits, example_loss
 
 Params = Any
 
 
 # --------------------------------------------------------------------- layouts
-class DenseExample(NamedTuple):
-    """One event of exactly ``n`` nodes (a chunk adds a leading axis ``C``).
-
-    Attributes:
-      nodes: float32 ``[n, F]``.
-      globals: float32 ``[G]`` event-level inputs.
-      label: float32 ``[]``.
-      valid: bool ``[]``; False for the filler slots of a chunk's tail.
-    """
-
-    nodes: jax.Array
-    globals: jax.Array
-    label: jax.Array
-    valid: jax.Array
-
-
 class Chunk(NamedTuple):
     """``positions`` (int64 ``[c]``, into the GraphSet) of the first ``c`` slots of ``data``."""
 
@@ -65,96 +53,205 @@ class Chunk(NamedTuple):
     data: Any
 
 
-def _buckets(gs: GraphSet, positions: np.ndarray | None) -> dict[int, np.ndarray]:
-    positions = np.arange(len(gs)) if positions is None else np.asarray(positions, np.int64)
-    nn = gs.events.n_node[positions]
-    return {int(n): positions[nn == n] for n in np.unique(nn)}
+class Bucket(NamedTuple):
+    """Events padded to one shape: ``n_node`` nodes and ``width`` edge slots (per node for the
+    neighbour layout, per event for the GraphsTuple layout); ``positions`` into the GraphSet."""
+
+    n_node: int
+    width: int
+    positions: np.ndarray
+
+
+class BucketPlan(NamedTuple):
+    """How a set of events is padded: the buckets and the share of padded work they execute.
+
+    ``waste = 1 - real cost / padded cost`` under the layout's cost model (edge rows plus node
+    rows: what the per-layer matmuls scale with).
+    """
+
+    buckets: tuple[Bucket, ...]
+    waste: float
+
+
+def plan_buckets(
+    n_node: np.ndarray, width: np.ndarray, positions: np.ndarray, cost, max_buckets: int
+) -> BucketPlan:
+    """Groups events into at most ``max_buckets`` shapes, minimising the padded cost.
+
+    Events are ordered by node count; a bucket is a contiguous range of node counts, padded to
+    its largest ``n_node`` and largest ``width``; ``cost(n, w)`` is the work of one padded event.
+    Exact dynamic programme over the distinct node counts (``O(S^2 B)``, ``S`` of them), so any
+    size distribution compiles at most ``max_buckets`` shapes at the least padding they allow.
+    """
+    order = np.argsort(n_node, kind="stable")
+    n_sorted, w_sorted, pos_sorted = n_node[order], width[order], positions[order]
+    values, first = np.unique(n_sorted, return_index=True)
+    s = len(values)
+    if s == 0:
+        return BucketPlan((), 0.0)
+    ends = np.append(first[1:], len(n_sorted))
+    cum = np.concatenate([[0], np.cumsum(ends - first)])  # events with distinct count < i: cum[i]
+    w_max = np.maximum.reduceat(w_sorted, first)  # per distinct node count
+    # span[i][j]: padded cost of one bucket holding distinct counts i..j.
+    inf = float("inf")
+    best = np.full((max_buckets + 1, s + 1), inf)
+    cut = np.zeros((max_buckets + 1, s + 1), np.int64)
+    best[0, 0] = 0.0
+    for b in range(1, max_buckets + 1):
+        for j in range(1, s + 1):
+            w = 0
+            for i in range(j, 0, -1):  # bucket = distinct counts i-1 .. j-1
+                w = max(w, int(w_max[i - 1]))
+                c = best[b - 1, i - 1] + (cum[j] - cum[i - 1]) * cost(int(values[j - 1]), w)
+                if c < best[b, j]:
+                    best[b, j], cut[b, j] = c, i - 1
+    b = int(np.argmin(best[:, s]))
+    total = float(best[b, s])
+    bounds = []
+    j = s
+    while j > 0:
+        i = int(cut[b, j])
+        bounds.append((i, j))
+        j, b = i, b - 1
+    buckets = []
+    for i, j in reversed(bounds):
+        lo, hi = first[i], ends[j - 1]
+        pos = np.sort(pos_sorted[lo:hi])
+        buckets.append(Bucket(int(values[j - 1]), int(w_sorted[lo:hi].max()), pos))
+    real = float(sum(cost(int(n), int(w)) for n, w in zip(n_node, width, strict=True)))
+    return BucketPlan(tuple(buckets), 1.0 - real / total if total > 0 else 0.0)
+
+
+def _positions(gs: GraphSet, positions) -> np.ndarray:
+    return np.arange(len(gs)) if positions is None else np.asarray(positions, np.int64)
+
+
+class NeighbourExample(NamedTuple):
+    """One event in the neighbour-list layout (a chunk adds a leading axis ``C``).
+
+    Attributes:
+      graph: the event (:class:`~hepattr_jax.graph_ops.NeighbourGraph`).
+      label: float32 ``[]``.
+      valid: bool ``[]``; False for the filler slots of a chunk's tail (they contribute 0).
+    """
+
+    graph: NeighbourGraph
+    label: jax.Array
+    valid: jax.Array
+
+
+def neighbour_stack(
+    gs: GraphSet, positions: np.ndarray, n_node: int, width: int, size: int
+) -> NeighbourExample:
+    """The events at ``positions`` in the neighbour-list layout, ``[size, n_node, ...]``.
+
+    Incoming edge slot ``s`` of node ``i`` holds the ``s``-th edge received by ``i`` (stored
+    order); unused slots and nodes are masked. Slots ``len(positions)..size-1`` are filler.
+    """
+    ev = gs.events
+    b = len(positions)
+    nn = ev.n_node[positions]
+    if b and (nn.max() > n_node or gs.in_degree_max[positions].max() > width):
+        i = int(np.argmax((nn > n_node) | (gs.in_degree_max[positions] > width)))
+        raise DataError(
+            f"{ev.source}: event id {ev.ids[positions[i]]} ({nn[i]} nodes) exceeds the bucket "
+            f"({n_node} nodes, {width} edge slots per node)"
+        )
+    nodes = np.zeros((size, n_node, ev.n_features), np.float32)
+    slot = np.repeat(np.arange(b), nn)
+    rank = np.arange(nn.sum()) - np.repeat(np.concatenate([[0], np.cumsum(nn)[:-1]]), nn)
+    nodes[slot, rank] = ev.nodes[_ragged_rows(ev.offsets, positions)]
+    node_mask = np.zeros((size, n_node), bool)
+    node_mask[slot, rank] = True
+
+    ne = gs.n_edge[positions]
+    erows = _ragged_rows(gs.edge_offsets, positions)
+    eslot = np.repeat(np.arange(b), ne)
+    neighbours = np.zeros((size, n_node, width), np.int32)
+    edge_mask = np.zeros((size, n_node, width), bool)
+    recv, in_slot = gs.receivers[erows], gs.in_slot[erows]
+    neighbours[eslot, recv, in_slot] = gs.senders[erows]
+    edge_mask[eslot, recv, in_slot] = True
+
+    glob = np.zeros((size, ev.n_globals), np.float32)
+    glob[:b] = ev.globals[positions]
+    label = np.zeros(size, np.float32)
+    label[:b] = ev.labels[positions]
+    valid = np.arange(size) < b
+    graph = NeighbourGraph(nodes, node_mask, neighbours, edge_mask, glob)
+    return NeighbourExample(graph, label, valid)
 
 
 @dataclasses.dataclass(frozen=True)
-class DenseEdgeConvLayout:
-    """Dense single-event EdgeConv (see module doc); needs fully connected graphs."""
+class NeighbourLayout:
+    """Per-event neighbour-list layout for models written against :mod:`hepattr_jax.graph_ops`.
 
-    hidden: int = 64
-    n_blocks: int = 3
-    use_globals: bool = False
+    Each event becomes a :class:`~hepattr_jax.graph_ops.NeighbourGraph` padded to its bucket
+    (``n_node`` nodes, ``width`` incoming-edge slots per node; at most ``max_buckets`` shapes,
+    chosen by :func:`plan_buckets`), and the model's own flax module is differentiated on it:
+    aggregation is a masked reduction over the slot axis (no scatter), and the receiver side of
+    an edge is a broadcast (no gather). Works for any edge set: fully connected, kNN, a user's.
+    The model is held by value (flax modules hash by their settings), so equal layouts share
+    compiled kernels.
+    """
+
+    model: Any
+    max_buckets: int = 8
+
+    @staticmethod
+    def cost(n: int, width: int) -> float:
+        return n * (width + 2)
+
+    def plan(self, gs: GraphSet, positions=None) -> BucketPlan:
+        pos = _positions(gs, positions)
+        return plan_buckets(
+            gs.events.n_node[pos], gs.in_degree_max[pos], pos, self.cost, self.max_buckets
+        )
 
     def chunks(self, gs: GraphSet, chunk_size: int, positions=None) -> Iterator[Chunk]:
-        """Chunks of events of equal node count, ``chunk_size`` slots each (tail padded)."""
-        if gs.edges != "fully_connected":
-            raise ConfigError(
-                f"the dense EdgeConv kernel needs fully connected graphs, not {gs.edges}"
-            )
-        ev = gs.events
-        for n, pos in _buckets(gs, positions).items():
-            for s in range(0, len(pos), chunk_size):
-                p = pos[s : s + chunk_size]
-                c = len(p)
-                rows = ev.offsets[p][:, None] + np.arange(n)[None, :]
-                nodes = np.zeros((chunk_size, n, ev.n_features), np.float32)
-                nodes[:c] = ev.nodes[rows]
-                glob = np.zeros((chunk_size, ev.n_globals), np.float32)
-                glob[:c] = ev.globals[p]
-                label = np.zeros(chunk_size, np.float32)
-                label[:c] = ev.labels[p]
-                valid = np.arange(chunk_size) < c
-                yield Chunk(p, DenseExample(nodes, glob, label, valid))
+        for bk in self.plan(gs, positions).buckets:
+            for s in range(0, len(bk.positions), chunk_size):
+                p = bk.positions[s : s + chunk_size]
+                yield Chunk(p, neighbour_stack(gs, p, bk.n_node, bk.width, chunk_size))
 
-    def logit(self, params: Params, ex: DenseExample) -> jax.Array:
-        """The EdgeConvNet logit of one event, ``[]`` (equal to the flax model's)."""
-        p = params["params"]
-        h_dim = self.hidden
-        x = ex.nodes
-        n = x.shape[0]
-        dense = lambda name, v: v @ p[name]["kernel"] + p[name]["bias"]  # noqa: E731
-        h = jax.nn.relu(dense("encoder", x))
-        # Incoming-edge mean over j != i; a single-node event has no edges and aggregates 0.
-        off_diag = 1.0 - jnp.eye(n, dtype=x.dtype)
-        inv_deg = 1.0 / max(n - 1, 1)
-        for b in range(self.n_blocks):
-            w0 = p[f"edge{b}_0"]["kernel"]
-            w_a, w_b = w0[:h_dim], w0[h_dim:]
-            per_recv = h @ (w_a - w_b) + p[f"edge{b}_0"]["bias"]  # [n, H], receiver i
-            per_send = h @ w_b  # [n, H], sender j
-            z = jax.nn.relu(per_recv[:, None, :] + per_send[None, :, :])  # [i, j, H]
-            m = jax.nn.relu(dense(f"edge{b}_1", z))
-            h = h + jnp.einsum("ij,ijh->ih", off_diag, m) * inv_deg
-        r = jnp.concatenate([h.mean(0), h.max(0)])
-        if self.use_globals:
-            r = jnp.concatenate([r, ex.globals])
-        r = jax.nn.relu(dense("readout_0", r))
-        return dense("readout_1", r)[0]
+    def logit_one(self, params: Params, ex: NeighbourExample) -> jax.Array:
+        return self.model.apply(params, ex.graph)[0]
 
-    def loss_one(self, params: Params, ex: DenseExample) -> jax.Array:
-        return jnp.where(ex.valid, bce_with_logits(self.logit(params, ex), ex.label), 0.0)
+    def loss_one(self, params: Params, ex: NeighbourExample) -> jax.Array:
+        return jnp.where(ex.valid, bce_with_logits(self.logit_one(params, ex), ex.label), 0.0)
 
-    def margin_one(self, params: Params, ex: DenseExample) -> jax.Array:
+    def margin_one(self, params: Params, ex: NeighbourExample) -> jax.Array:
         """The logit margin of the event's true class, ``(2y - 1) z`` (0 in filler slots)."""
-        return jnp.where(ex.valid, (2.0 * ex.label - 1.0) * self.logit(params, ex), 0.0)
+        return jnp.where(ex.valid, (2.0 * ex.label - 1.0) * self.logit_one(params, ex), 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class GraphLayout:
-    """Any flax model over GraphsTuples: each event padded alone to its bucket's budget.
+    """Any flax module over ``jraph.GraphsTuple``: each event padded alone to its bucket.
 
-    Buckets round the node count up to a power of two (capped at the set's largest event), so a
-    data set of events with 4 to 12 nodes compiles 3 shapes rather than 9, at the cost of some
-    padding (which contributes exactly zero). The model is held by value (flax modules hash by
-    their settings), so equal layouts share compiled kernels.
+    The per-example stack of :mod:`hepattr_jax.graphs` (the event as graph 0, a padding graph as
+    graph 1), with budgets from each bucket itself (its largest event's nodes + 1 and edges),
+    never from the largest event of the set; at most ``max_buckets`` shapes
+    (:func:`plan_buckets`). Padding contributes exactly zero. For modules the library has never
+    seen; models written against :mod:`hepattr_jax.graph_ops` get :class:`NeighbourLayout`.
     """
 
     model: Any
+    max_buckets: int = 8
+
+    @staticmethod
+    def cost(n: int, n_edge: int) -> float:
+        return (n + 1) + n_edge
+
+    def plan(self, gs: GraphSet, positions=None) -> BucketPlan:
+        pos = _positions(gs, positions)
+        return plan_buckets(gs.events.n_node[pos], gs.n_edge[pos], pos, self.cost, self.max_buckets)
 
     def chunks(self, gs: GraphSet, chunk_size: int, positions=None) -> Iterator[Chunk]:
-        n_max = int(gs.events.n_node.max())
-        positions = np.arange(len(gs)) if positions is None else np.asarray(positions, np.int64)
-        nn = gs.events.n_node[positions]
-        rounded = np.minimum(2 ** np.ceil(np.log2(np.maximum(nn, 1))).astype(np.int64), n_max)
-        for n in np.unique(rounded):
-            pos = positions[rounded == n]
-            budget = gs.single_budget(n_node=int(n))
-            for s in range(0, len(pos), chunk_size):
-                p = pos[s : s + chunk_size]
+        for bk in self.plan(gs, positions).buckets:
+            budget = Budget(n_node=bk.n_node + 1, n_edge=max(bk.width, 1), n_graph=2)
+            for s in range(0, len(bk.positions), chunk_size):
+                p = bk.positions[s : s + chunk_size]
                 yield Chunk(p, gs.example_stack(p, budget, size=chunk_size))
 
     def loss_one(self, params: Params, ex: Batch) -> jax.Array:
@@ -166,17 +263,17 @@ class GraphLayout:
         return jnp.where(ex.graph_mask, (2.0 * ex.labels - 1.0) * z, 0.0).sum()
 
 
-def layout_for(model, gs: GraphSet, prefer_dense: bool = True):
-    """The fastest exact layout for ``model`` on ``gs``: dense EdgeConv where it applies."""
-    from hepattr_jax.models import EdgeConvNet
+def supports_neighbour_graphs(model) -> bool:
+    """Whether ``model`` is written against :mod:`hepattr_jax.graph_ops` (declared by the
+    class attribute ``graph_ops = True``, as every built-in model does)."""
+    return bool(getattr(type(model), "graph_ops", False))
 
-    if (
-        prefer_dense
-        and isinstance(model, EdgeConvNet)
-        and gs.edges == "fully_connected"
-        and model.readout_hidden > 0
-    ):
-        return DenseEdgeConvLayout(model.hidden, model.n_blocks, model.use_globals)
+
+def layout_for(model, gs: GraphSet | None = None, prefer_neighbour: bool = True):
+    """The fastest exact layout for ``model``: :class:`NeighbourLayout` for models written
+    against :mod:`hepattr_jax.graph_ops`, else :class:`GraphLayout` (any GraphsTuple module)."""
+    if prefer_neighbour and supports_neighbour_graphs(model):
+        return NeighbourLayout(model)
     return GraphLayout(model)
 
 

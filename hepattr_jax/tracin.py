@@ -29,7 +29,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from hepattr_jax.graphs import GraphSet
+from hepattr_jax.engine import stream
+from hepattr_jax.graphs import Budget, GraphSet
 from hepattr_jax.losses import example_loss
 from hepattr_jax.per_example import (
     flat_grad_one,
@@ -100,45 +101,64 @@ def single_event_grad_fn(apply_fn: Callable) -> Callable:
     return jax.jit(functools.partial(flat_grad_one, functools.partial(example_loss, apply_fn)))
 
 
-def _one_event(gs: GraphSet, i: int, budget):
-    """Event ``i`` padded alone (a two-graph Batch without the stack axis)."""
+def _one_event(gs: GraphSet, i: int, own_size: bool):
+    """Event ``i`` padded alone (a two-graph Batch without the stack axis): to its *own* size
+    (one padding node), or to the set's largest event."""
+    if own_size:
+        n, e = int(gs.events.n_node[i]), int(gs.n_edge[i])
+        budget = Budget(n_node=n + 1, n_edge=max(e, 1), n_graph=2)
+    else:
+        budget = gs.single_budget()
     return jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.array([i]), budget))
 
 
-def _reference_grads(params, gs: GraphSet, grad_fn) -> np.ndarray:
+def _reference_grads(params, gs: GraphSet, grad_fn, own_size: bool) -> np.ndarray:
     """``[N, P]`` float64 gradients, one jitted single-event call per event."""
-    budget = gs.single_budget()
     out = [
-        np.asarray(grad_fn(params, _one_event(gs, i, budget)), np.float64) for i in range(len(gs))
+        np.asarray(grad_fn(params, _one_event(gs, i, own_size)), np.float64)
+        for i in range(len(gs))
     ]
     return np.stack(out) if out else np.zeros((0, 0))
 
 
 def self_influence_reference(
-    apply_fn: Callable, ckpts: Checkpoints, gs: GraphSet, progress: bool = False
+    apply_fn: Callable,
+    ckpts: Checkpoints,
+    gs: GraphSet,
+    progress: bool = False,
+    own_size: bool = False,
 ) -> np.ndarray:
-    """``[N]`` self-influence by the plain loop: one jitted single-event gradient per event."""
+    """``[N]`` self-influence by the plain loop: one jitted single-event gradient per event.
+
+    ``own_size=True`` pads each event to its own size, as the workload spec's timing loop does
+    (one compiled shape per event size, no padding to the set's largest event); the default pads
+    every event to the largest one (one compilation: what the exactness tests use, since padding
+    contributes exactly zero either way).
+    """
     grad_fn = single_event_grad_fn(apply_fn)
-    budget = gs.single_budget()
     out = np.zeros(len(gs))
     for k in range(len(ckpts)):
         params = ckpts.at(k)
         for i in tqdm(range(len(gs)), disable=not progress, desc=f"reference k={k}"):
-            g = np.asarray(grad_fn(params, _one_event(gs, i, budget)), np.float64)
+            g = np.asarray(grad_fn(params, _one_event(gs, i, own_size)), np.float64)
             out[i] += ckpts.lrs[k] * float(g @ g)
     return out
 
 
 def influence_matrix_reference(
-    apply_fn: Callable, ckpts: Checkpoints, train: GraphSet, test: GraphSet
+    apply_fn: Callable,
+    ckpts: Checkpoints,
+    train: GraphSet,
+    test: GraphSet,
+    own_size: bool = False,
 ) -> np.ndarray:
     """``[N_train, N_test]`` influence by the plain loop (float64 accumulation)."""
     grad_fn = single_event_grad_fn(apply_fn)
     out = np.zeros((len(train), len(test)))
     for k in range(len(ckpts)):
         params = ckpts.at(k)
-        g_tr = _reference_grads(params, train, grad_fn)
-        g_te = _reference_grads(params, test, grad_fn)
+        g_tr = _reference_grads(params, train, grad_fn, own_size)
+        g_te = _reference_grads(params, test, grad_fn, own_size)
         out += ckpts.lrs[k] * (g_tr @ g_te.T)
     return out
 
@@ -161,78 +181,95 @@ def self_influence(
 
     ``on_chunk(index, positions, values [K, c])`` and ``skip_chunk(index)`` let a score store
     persist chunks and skip those already on disk (see :mod:`hepattr_jax.store`); chunk indices
-    are deterministic for a given ``gs`` and ``chunk_size``. With a ``mesh``
+    are deterministic for a given ``gs``, layout and ``chunk_size``. With a ``mesh``
     (:func:`hepattr_jax.sharding.event_mesh`) each chunk's events are split over its devices.
     """
-    check_chunk_size(chunk_size, mesh)
     kernel = self_influence_kernel(layout)
-    n = len(gs) if positions is None else len(positions)
     out = np.zeros((len(ckpts), len(gs)))
     params, lrs = replicate((ckpts.params, ckpts.lr_array()), mesh)
-    with tqdm(total=n, desc="self-influence", unit="ev", disable=not progress) as bar:
-        for idx, chunk in enumerate(layout.chunks(gs, chunk_size, positions)):
-            c = len(chunk.positions)
-            if skip_chunk is not None and skip_chunk(idx):
-                bar.update(c)
-                continue
-            vals = np.asarray(kernel(params, lrs, shard_events(chunk.data, mesh)), np.float64)
-            vals = vals[:, :c]
-            out[:, chunk.positions] = vals
-            if on_chunk is not None:
-                on_chunk(idx, chunk.positions, vals)
-            bar.update(c)
+    for _, pos, vals in stream(
+        layout,
+        gs,
+        lambda data: kernel(params, lrs, data),
+        chunk_size=chunk_size,
+        positions=positions,
+        desc="self-influence",
+        progress=progress,
+        on_chunk=lambda i, p, v: on_chunk(i, p, v.astype(np.float64)) if on_chunk else None,
+        skip_chunk=skip_chunk,
+        mesh=mesh,
+    ):
+        out[:, pos] = vals
     return out if per_checkpoint else out.sum(0)
 
 
+@functools.lru_cache(maxsize=32)
+def _scatter_rows_kernel() -> Callable:
+    """Jitted, buffer-donating ``buf.at[:, rows].set(g)``; rows past the end are dropped."""
+
+    def f(buf, g, rows):
+        return buf.at[:, rows].set(g.astype(buf.dtype), mode="drop")
+
+    return jax.jit(f, donate_argnums=0)
+
+
 def _test_grads(
-    layout, ckpts: Checkpoints, test: GraphSet, positions: np.ndarray, chunk_size: int
+    layout, ckpts: Checkpoints, test: GraphSet, positions: np.ndarray, chunk_size: int, mesh
 ) -> jax.Array:
-    """``[K, M, P]`` flat gradients of the test events at ``positions`` (in that order)."""
+    """``[K, M, P]`` flat gradients of the test events at ``positions`` (in that order), built
+    in one device buffer (each chunk written in place), so they are held once."""
     kernel = stacked_grad_kernel(layout)
-    where = {int(p): i for i, p in enumerate(positions)}
+    where = np.full(len(test), -1, np.int64)
+    where[positions] = np.arange(len(positions))
     flat0 = ravel_pytree(ckpts.at(0))[0]
-    out = np.zeros((len(ckpts), len(positions), flat0.shape[0]), flat0.dtype)
+    buf = replicate(jnp.zeros((len(ckpts), len(positions), flat0.shape[0]), flat0.dtype), mesh)
+    write = _scatter_rows_kernel()
+    params = replicate(ckpts.params, mesh)
     for chunk in layout.chunks(test, chunk_size, positions):
-        g = np.asarray(kernel(ckpts.params, chunk.data))
-        rows = [where[int(p)] for p in chunk.positions]
-        out[:, rows] = g[:, : len(rows)]
-    return jnp.asarray(out)
+        rows = np.full(chunk_size, len(positions), np.int64)  # filler rows: out of range, dropped
+        rows[: len(chunk.positions)] = where[chunk.positions]
+        buf = write(buf, kernel(params, shard_events(chunk.data, mesh)), rows)
+    return buf
 
 
 @functools.lru_cache(maxsize=32)
 def _train_test_kernel(layout) -> Callable:
-    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [K, M, P]) -> [C, M]`` (cached)."""
+    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [K, M, P]) -> [M, C]`` (cached)."""
     per_event = jax.vmap(functools.partial(flat_grad_one, layout.loss_one), in_axes=(None, 0))
 
     @jax.jit
     def f(params_k, lr_k, chunk, test_grads):
         def body(acc, xs):
             params, lr, g_te = xs
-            return acc + lr * (per_event(params, chunk) @ g_te.T), None
+            return acc + lr * (g_te @ per_event(params, chunk).T), None
 
         c = jax.tree_util.tree_leaves(chunk)[0].shape[0]
-        acc0 = jnp.zeros((c, test_grads.shape[1]), jnp.result_type(test_grads, lr_k))
+        acc0 = jnp.zeros((test_grads.shape[1], c), jnp.result_type(test_grads, lr_k))
         return jax.lax.scan(body, acc0, (params_k, lr_k, test_grads))[0]
 
     return f
 
 
 def _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume, mesh):
+    """Calls ``consume(block, train_positions [c], scores [c, len(block)])`` chunk by chunk."""
     check_chunk_size(chunk_size, mesh)
     kernel = _train_test_kernel(layout)
     params, lrs = replicate((ckpts.params, ckpts.lr_array()), mesh)
     blocks = [np.arange(s, min(s + test_block, len(test))) for s in range(0, len(test), test_block)]
-    with tqdm(
-        total=len(train) * len(blocks), desc="train x test", unit="ev", disable=not progress
-    ) as bar:
-        for block in blocks:
-            g_te = replicate(_test_grads(layout, ckpts, test, block, chunk_size), mesh)
-            for chunk in layout.chunks(train, chunk_size):
-                c = len(chunk.positions)
-                data = shard_events(chunk.data, mesh)
-                scores = np.asarray(kernel(params, lrs, data, g_te), np.float64)[:c]
-                consume(block, chunk.positions, scores)
-                bar.update(c)
+    for b, block in enumerate(blocks):
+        g_te = _test_grads(layout, ckpts, test, block, chunk_size, mesh)
+        desc = "train x test" + (f" (block {b + 1}/{len(blocks)})" if len(blocks) > 1 else "")
+        for _, pos, scores in stream(
+            layout,
+            train,
+            lambda data, g_te=g_te: kernel(params, lrs, data, g_te),
+            chunk_size=chunk_size,
+            desc=desc,
+            progress=progress,
+            mesh=mesh,
+        ):
+            consume(block, pos, np.asarray(scores, np.float64).T)
+        del g_te
 
 
 def default_test_block(ckpts: Checkpoints, memory_bytes: float = 1.5e9) -> int:
@@ -361,27 +398,30 @@ def projected_features(
     resume chunks as in :func:`self_influence`; skipped chunks are left 0 in the result, which is
     then the caller's to fill from its store. ``mesh``: see :func:`self_influence`.
     """
-    check_chunk_size(chunk_size, mesh)
     kernel = projected_grad_kernel(layout, projector, output)
     dtype = jax.tree_util.tree_leaves(ckpts.params)[0].dtype
     d = projector.proj_dim
     out = np.zeros((len(ckpts), len(gs), d), dtype)
     values = np.zeros((len(ckpts), len(gs)), np.float64)
     params = replicate(ckpts.params, mesh)
-    with tqdm(total=len(gs), desc=f"features d={d}", unit="ev", disable=not progress) as bar:
-        for idx, chunk in enumerate(layout.chunks(gs, chunk_size)):
-            c = len(chunk.positions)
-            if skip_chunk is not None and skip_chunk(idx):
-                bar.update(c)
-                continue
-            feats, vals = kernel(params, shard_events(chunk.data, mesh))
-            feats, vals = np.asarray(feats)[:, :c], np.asarray(vals)[:, :c]
-            out[:, chunk.positions] = feats
-            values[:, chunk.positions] = vals
-            if on_chunk is not None:
-                both = np.concatenate([feats.transpose(0, 2, 1), vals[:, None, :]], axis=1)
-                on_chunk(idx, chunk.positions, both)
-            bar.update(c)
+
+    def chunk_fn(data):
+        feats, vals = kernel(params, data)  # [K, C, d], [K, C]
+        return jnp.concatenate([feats.transpose(0, 2, 1), vals[:, None, :]], axis=1)
+
+    for _, pos, both in stream(
+        layout,
+        gs,
+        chunk_fn,
+        chunk_size=chunk_size,
+        desc=f"features d={d}",
+        progress=progress,
+        on_chunk=on_chunk,
+        skip_chunk=skip_chunk,
+        mesh=mesh,
+    ):
+        out[:, pos] = both[:, :d].transpose(0, 2, 1)
+        values[:, pos] = both[:, d]
     return (out, values) if with_values else out
 
 

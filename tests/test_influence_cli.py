@@ -57,7 +57,7 @@ import numpy as np
 from hepattr_jax import tracin
 from hepattr_jax.per_example import layout_for
 from hepattr_jax.runs import load_run
-from hepattr_jax.store import scored_self_influence
+from hepattr_jax.scoring import scored_self_influence
 
 run_dir, out, uninterrupted, chunk_si, chunk_tt, k = sys.argv[1:]
 chunk_si, chunk_tt, k = int(chunk_si), int(chunk_tt), int(k)

@@ -58,7 +58,7 @@ WORKER = textwrap.dedent(
                                         progress=False)
         results[name] = (si, mat, feats, margins)
     check(results)
-    layout = layout_for(model, gs, prefer_dense=False)  # generic GraphsTuple layout
+    layout = layout_for(model, gs, prefer_neighbour=False)  # generic GraphsTuple layout
     check({name: (tracin.self_influence(layout, ckpts, gs, chunk_size=8, mesh=mesh,
                                         progress=False),) for name, mesh in meshes})
     print("SHARDED-OK")

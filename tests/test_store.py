@@ -24,13 +24,8 @@ from hepattr_jax.data.synthetic import random_events
 from hepattr_jax.errors import StoreError
 from hepattr_jax.per_example import layout_for
 from hepattr_jax.runs import Run
-from hepattr_jax.store import (
-    ScoreStore,
-    ids_digest,
-    read_result,
-    run_meta,
-    scored_self_influence,
-)
+from hepattr_jax.scoring import run_meta, scored_self_influence
+from hepattr_jax.store import ScoreStore, ids_digest, read_result
 from hepattr_jax.train import model_from_config, prepare_data
 
 K, N = 3, 23
@@ -47,7 +42,7 @@ def base_meta(**over):
         "event_ids_sha": ids_digest(np.arange(N) * 7),
         "n_events": N,
         "chunk_size": 5,
-        "layout": "DenseEdgeConvLayout(hidden=4)",
+        "layout": "NeighbourLayout(max_buckets=8)",
         "dtype": "float64",
     }
     return {**meta, **over}
@@ -275,7 +270,7 @@ def test_run_meta_describes_the_inputs(toy_run):
     assert meta["checkpoint_hashes"] == list(toy_run.checkpoints.hashes)
     assert meta["checkpoint_steps"] == [5, 10] and meta["lrs"] == [1e-3, 4e-4]
     assert meta["event_ids_sha"] == ids_digest(gs.events.ids) and meta["n_events"] == len(gs)
-    assert meta["layout"] == "DenseEdgeConvLayout(hidden=4, n_blocks=1, use_globals=False)"
+    assert meta["layout"] == "NeighbourLayout(max_buckets=8)"
 
 
 def test_store_refuses_other_checkpoints_or_data(toy_run, tmp_path):

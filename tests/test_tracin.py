@@ -7,18 +7,21 @@ implementation, so quantiles are compared there).
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jraph
 import numpy as np
 import pytest
 
 from hepattr_jax import tracin
 from hepattr_jax.data.synthetic import random_events
+from hepattr_jax.graph_ops import edge_concat, ops_for
 from hepattr_jax.graphs import build_graphs
 from hepattr_jax.models import make_model
 from hepattr_jax.per_example import (
-    DenseEdgeConvLayout,
     GraphLayout,
+    NeighbourLayout,
     layout_for,
     self_influence_kernel,
 )
@@ -54,13 +57,24 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("use_globals", [False, True])
-def test_dense_edgeconv_self_influence_float64_equals_reference(use_globals):
+@pytest.mark.parametrize(
+    "model_name,edges",
+    [
+        ("edgeconv", "fully_connected"),
+        ("edgeconv", "knn:3"),
+        ("gcn", "fully_connected"),
+        ("gcn", "knn:2"),
+        ("interaction", "fully_connected"),
+        ("interaction", "knn:2"),
+    ],
+)
+def test_neighbour_layout_self_influence_float64_equals_reference(model_name, edges, use_globals):
     with jax.enable_x64(True):
-        gs, model, ckpts = _setup(use_globals=use_globals)
+        gs, model, ckpts = _setup(model_name, use_globals=use_globals, edges=edges, n_ckpt=2)
         layout = layout_for(model, gs)
-        assert isinstance(layout, DenseEdgeConvLayout)
+        assert isinstance(layout, NeighbourLayout)
         ref = tracin.self_influence_reference(model.apply, ckpts, gs)
-        fast = tracin.self_influence(layout, ckpts, gs, chunk_size=2, progress=False)
+        fast = tracin.self_influence(layout, ckpts, gs, chunk_size=3, progress=False)
         assert np.all(ref > 0)
         assert _rel(fast, ref).max() < 1e-9
 
@@ -70,7 +84,7 @@ TRAIN_POS = np.flatnonzero(np.isin(SIZES, (1, 2, 7, 12)))
 TEST_POS = np.array([2, 4, 11, 14, 16, 23])
 
 
-def test_dense_edgeconv_matrix_and_top_k_float64_equal_reference():
+def test_neighbour_layout_matrix_and_top_k_float64_equal_reference():
     with jax.enable_x64(True):
         gs, model, ckpts = _setup(use_globals=True)
         layout = layout_for(model, gs)
@@ -103,7 +117,7 @@ def test_dense_edgeconv_matrix_and_top_k_float64_equal_reference():
 def test_generic_graph_layout_float64_equals_reference(model_name, edges):
     with jax.enable_x64(True):
         gs, model, ckpts = _setup(model_name, edges=edges, n_ckpt=2)
-        layout = layout_for(model, gs)
+        layout = layout_for(model, gs, prefer_neighbour=False)
         assert isinstance(layout, GraphLayout)
         ref = tracin.self_influence_reference(model.apply, ckpts, gs)
         fast = tracin.self_influence(layout, ckpts, gs, chunk_size=4, progress=False)
@@ -162,7 +176,98 @@ def test_padding_slots_contribute_exactly_zero_and_kernels_compile_once_per_buck
             assert np.all(out[:, n:] == 0.0)  # filler slots of a bucket's tail
             assert np.all(out[:, :n] > 0.0)
         before = kernel._cache_size()
-        assert before >= len(shapes) == 12  # one shape per node count 1..12
+        plan = layout.plan(gs)
+        # 12 node counts, at most 8 bucket shapes (the default bucketing policy).
+        assert before >= len(shapes) == len(plan.buckets) == 8
         tracin.self_influence(layout, ckpts, gs, chunk_size=2, progress=False)  # a second call
         assert self_influence_kernel(layout) is kernel
         assert kernel._cache_size() == before  # reused: no new compilation
+
+
+class _UsersOwnGNN(nn.Module):
+    """A module the library has never seen: raw jraph segment ops over a GraphsTuple, a
+    sum aggregation, sum pooling and globals ignored (so only GraphLayout applies)."""
+
+    @nn.compact
+    def __call__(self, graphs):
+        n = graphs.nodes.shape[0]
+        h = nn.tanh(nn.Dense(8)(graphs.nodes))
+        msg = nn.Dense(8)(jnp.concatenate([h[graphs.senders], h[graphs.receivers]], -1))
+        h = h + jraph.segment_sum(jax.nn.softplus(msg), graphs.receivers, n)
+        gidx = jnp.repeat(jnp.arange(graphs.n_node.shape[0]), graphs.n_node, total_repeat_length=n)
+        pooled = jraph.segment_sum(h, gidx, graphs.n_node.shape[0])
+        return nn.Dense(1)(pooled)[:, 0]
+
+
+class _UsersGraphOpsGNN(nn.Module):
+    """A user's module written against graph_ops: it opts into the neighbour layout."""
+
+    graph_ops = True
+
+    @nn.compact
+    def __call__(self, graphs):
+        ops = ops_for(graphs)
+        h = nn.tanh(nn.Dense(8)(ops.nodes))
+        m = nn.Dense(8)(edge_concat(ops, [ops.senders_of(h), ops.receivers_of(h)]))
+        h = h + ops.aggregate(jax.nn.softplus(m), "sum")
+        return nn.Dense(1)(ops.pool(h, ("sum", "max")))[:, 0]
+
+
+@pytest.mark.parametrize(
+    "module,layout_type", [(_UsersOwnGNN, GraphLayout), (_UsersGraphOpsGNN, NeighbourLayout)]
+)
+def test_a_users_own_module_gets_exact_fast_kernels(module, layout_type):
+    with jax.enable_x64(True):
+        ev = random_events(len(SIZES), n_nodes=SIZES, seed=5)
+        gs = build_graphs(ev, "knn:3")
+        model = module()
+        ex = jax.tree_util.tree_map(
+            lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget())
+        )
+        params = [
+            jax.tree_util.tree_map(
+                lambda x: x.astype(jnp.float64), model.init(jax.random.key(k), ex.graphs)
+            )
+            for k in range(2)
+        ]
+        ckpts = tracin.Checkpoints.from_list(params, [1e-3, 5e-4])
+        layout = layout_for(model, gs)
+        assert isinstance(layout, layout_type)
+        ref = tracin.self_influence_reference(model.apply, ckpts, gs)
+        fast = tracin.self_influence(layout, ckpts, gs, chunk_size=4, progress=False)
+        assert _rel(fast, ref).max() < 1e-9
+        train, test = gs.select(TRAIN_POS), gs.select(TEST_POS)
+        mref = tracin.influence_matrix_reference(model.apply, ckpts, train, test)
+        m = tracin.influence_matrix(layout, ckpts, train, test, chunk_size=4, progress=False)
+        assert np.abs(m - mref).max() < 1e-9 * np.abs(mref).max()
+
+
+def test_bucket_plan_is_optimal_and_bounded():
+    # Brute force over every split of the sorted distinct sizes into <= B contiguous buckets.
+    import itertools
+
+    from hepattr_jax.per_example import plan_buckets
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(2, 14, size=200)
+    w = n - 1
+    cost = lambda a, b: a * (b + 2)  # noqa: E731
+    for max_b in (1, 2, 3, 4):
+        plan = plan_buckets(n, w, np.arange(200), cost, max_b)
+        vals = np.unique(n)
+        best = np.inf
+        for k in range(1, max_b + 1):
+            for cuts in itertools.combinations(range(1, len(vals)), k - 1):
+                edges = [0, *cuts, len(vals)]
+                tot = 0.0
+                for a, b in itertools.pairwise(edges):
+                    sel = np.isin(n, vals[a:b])
+                    tot += sel.sum() * cost(vals[b - 1], w[sel].max())
+                best = min(best, tot)
+        padded = sum(len(bk.positions) * cost(bk.n_node, bk.width) for bk in plan.buckets)
+        assert len(plan.buckets) <= max_b
+        assert padded == pytest.approx(best)
+        real = sum(cost(a, b) for a, b in zip(n, w, strict=True))
+        assert plan.waste == pytest.approx(1 - real / padded)
+        got = np.sort(np.concatenate([bk.positions for bk in plan.buckets]))
+        np.testing.assert_array_equal(got, np.arange(200))  # every event exactly once

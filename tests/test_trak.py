@@ -72,14 +72,14 @@ def _small_run(dtype, model_name="edgeconv"):
     return gs, model, tracin.Checkpoints.from_list(params, [1e-3, 5e-4])
 
 
-@pytest.mark.parametrize("prefer_dense", [True, False])
-def test_features_equal_dense_projection_of_exact_margin_gradients(prefer_dense):
+@pytest.mark.parametrize("prefer_neighbour", [True, False])
+def test_features_equal_dense_projection_of_exact_margin_gradients(prefer_neighbour):
     from hepattr_jax.graphs import unstack_example
     from hepattr_jax.per_example import layout_for
 
     with jax.enable_x64(True):
         gs, model, ckpts = _small_run(jnp.float64)
-        layout = layout_for(model, gs, prefer_dense=prefer_dense)
+        layout = layout_for(model, gs, prefer_neighbour=prefer_neighbour)
         proj = Projector(proj_dim=16, kind="gaussian", seed=2, block_rows=300)
         feats, margins = trak.featurize(layout, ckpts, gs, proj, chunk_size=4, progress=False)
         r = np.asarray(dense_projection_matrix(proj, ckpts.at(0)))

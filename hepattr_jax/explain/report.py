@@ -179,7 +179,7 @@ def explain_run(
     docstring. ``groups`` (``{name: [feature names]}``) are the Shapley players (default: one
     per feature). Returns the ``explain.json`` dict."""
     from hepattr_jax.evaluation import remove_top_fraction
-    from hepattr_jax.store import scored_self_influence
+    from hepattr_jax.scoring import scored_self_influence
 
     t_start = time.perf_counter()
     out = Path(out_dir)

@@ -1,0 +1,65 @@
+"""The one streaming driver every attribution method runs through.
+
+A method is a jitted *chunk function* of a layout's chunk data (from
+:mod:`hepattr_jax.per_example`); :func:`stream` does the rest, the same way for all of them:
+
+* chunks: ``layout.chunks(gs, chunk_size, positions)``, fixed shapes per bucket, deterministic
+  chunk indices for a given data split, layout and ``chunk_size`` (what resuming relies on);
+* devices: each chunk's events split over a :mod:`~hepattr_jax.sharding` mesh (parameters and any
+  other inputs replicated by the caller);
+* resume hooks: ``skip_chunk(index)`` skips chunks a store already holds, ``on_chunk(index,
+  positions, values)`` persists each finished one (:class:`hepattr_jax.store.ScoreStore`'s
+  ``has`` / ``write_chunk``);
+* progress: one tqdm bar in events.
+
+A new attribution method is one module with its chunk function (see :mod:`hepattr_jax.tracin`
+and :mod:`hepattr_jax.trak`) plus its test; it never writes this loop again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hepattr_jax.graphs import GraphSet
+from hepattr_jax.sharding import check_chunk_size, shard_events
+
+ChunkFn = Callable[..., "np.ndarray"]
+
+
+def stream(
+    layout,
+    gs: GraphSet,
+    chunk_fn: ChunkFn,
+    *,
+    chunk_size: int = 64,
+    positions: np.ndarray | None = None,
+    desc: str = "events",
+    progress: bool = True,
+    on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    skip_chunk: Callable[[int], bool] | None = None,
+    mesh=None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yields ``(index, positions [c], values [..., c])`` for every chunk not skipped.
+
+    ``chunk_fn(data)`` maps one chunk's (device-sharded) data to an array whose *last* axis is
+    the chunk's ``chunk_size`` slots; the filler slots of a bucket's last chunk are cut off here,
+    so ``values`` covers exactly the events at ``positions`` (into ``gs``). Values come back as
+    NumPy arrays (the device work of the next chunk is dispatched only after this one is read,
+    which bounds memory by one chunk).
+    """
+    check_chunk_size(chunk_size, mesh)
+    n = len(gs) if positions is None else len(positions)
+    with tqdm(total=n, desc=desc, unit="ev", disable=not progress) as bar:
+        for idx, chunk in enumerate(layout.chunks(gs, chunk_size, positions)):
+            c = len(chunk.positions)
+            if skip_chunk is not None and skip_chunk(idx):
+                bar.update(c)
+                continue
+            values = np.asarray(chunk_fn(shard_events(chunk.data, mesh)))[..., :c]
+            if on_chunk is not None:
+                on_chunk(idx, chunk.positions, values)
+            yield idx, chunk.positions, values
+            bar.update(c)

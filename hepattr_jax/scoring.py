@@ -1,0 +1,377 @@
+"""Scoring a trained run: run + method + score store, composed.
+
+Each ``scored_*`` function takes a run (:func:`hepattr_jax.runs.load_run`), picks the layout for
+its model (:func:`hepattr_jax.per_example.layout_for`), describes the inputs in a store meta
+(:func:`run_meta`: checkpoints, data, settings), and runs the method through the streaming
+driver (:mod:`hepattr_jax.engine`) with the store's resume hooks. Storage itself (bytes, digests,
+locks, checks on reopen) is :mod:`hepattr_jax.store`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from hepattr_jax.errors import StoreError
+from hepattr_jax.store import SPLITS, ScoreStore, ids_digest
+
+if TYPE_CHECKING:
+    from hepattr_jax.graphs import GraphSet
+    from hepattr_jax.runs import Run
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------- scoring a run
+def split_of(run: Run, split: str) -> GraphSet:
+    if split not in SPLITS:
+        raise StoreError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    gs = getattr(run.data, split)
+    if len(gs) == 0:
+        raise StoreError(f"{run.run_dir}: split {split!r} is empty")
+    return gs
+
+
+def layout_name(layout) -> str:
+    """A stable description of a per-example layout: class name and its plain settings."""
+    import dataclasses
+
+    fields = []
+    if dataclasses.is_dataclass(layout):
+        for f in dataclasses.fields(layout):
+            v = getattr(layout, f.name)
+            if isinstance(v, bool | int | float | str):
+                fields.append(f"{f.name}={v!r}")
+    return f"{type(layout).__name__}({', '.join(fields)})"
+
+
+def run_meta(run: Run, kind: str, gs: GraphSet, *, split: str, chunk_size: int, layout) -> dict:
+    """The store meta for scores of ``gs`` (the ``split`` of ``run``) under ``run``'s
+    checkpoints: what identifies the inputs, plus informational ``run_dir`` and versions."""
+    import jax
+
+    ck = run.checkpoints
+    return {
+        "kind": kind,
+        "run_dir": str(Path(run.run_dir).resolve()),
+        "config_fingerprint": run.config.fingerprint(),
+        "checkpoint_steps": [int(s) for s in ck.steps],
+        "checkpoint_hashes": list(ck.hashes),
+        "lrs": [float(x) for x in ck.lrs],
+        "data_fingerprint": run.data.fingerprint,
+        "split": split,
+        "event_ids_sha": ids_digest(gs.events.ids),
+        "n_events": len(gs),
+        "chunk_size": int(chunk_size),
+        "layout": layout_name(layout),
+        "dtype": "float64",
+        "versions": {"jax": jax.__version__, "numpy": np.__version__, "hepattr_jax": _version()},
+    }
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("hepattr-jax")
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+class SelfInfluenceScores(NamedTuple):
+    """``ids`` int64 ``[N]``; ``total`` float64 ``[N]``; ``per_checkpoint`` float64 ``[K, N]``."""
+
+    ids: np.ndarray
+    total: np.ndarray
+    per_checkpoint: np.ndarray
+
+
+def scored_self_influence(
+    run: Run,
+    store_dir: str | Path,
+    *,
+    split: str = "train",
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> SelfInfluenceScores:
+    """TracIn self-influence of ``run``'s ``split`` events, persisted chunk by chunk in a
+    :class:`ScoreStore` at ``store_dir`` and resumed from it.
+
+    ``per_checkpoint[k, i] = eta_k ||grad l(z_i; theta_k)||^2`` and
+    ``total = per_checkpoint.sum(0)`` (:func:`hepattr_jax.tracin.self_influence`). Writes
+    ``scores.npy``, ``scores_per_checkpoint.npy`` and ``event_ids.npy`` in ``store_dir``.
+    Rerunning after a crash computes only the chunks not on disk; the result equals that of an
+    uninterrupted run bit for bit.
+    """
+    from hepattr_jax import tracin
+    from hepattr_jax.per_example import layout_for
+
+    gs = split_of(run, split)
+    layout = layout_for(run.model, gs)
+    meta = run_meta(run, "self_influence", gs, split=split, chunk_size=chunk_size, layout=layout)
+    with ScoreStore.open(store_dir, meta) as store:
+        tracin.self_influence(
+            layout,
+            run.checkpoints,
+            gs,
+            chunk_size=chunk_size,
+            per_checkpoint=True,
+            progress=progress,
+            on_chunk=store.write_chunk,
+            skip_chunk=store.has,
+        )
+        log.info(
+            "%s: %d chunk(s) reused from disk, %d computed",
+            store.directory,
+            store.n_reused,
+            store.n_written,
+        )
+        per_k = store.assemble(len(gs), n_rows=len(run.checkpoints))
+        total = per_k.sum(0)
+        ids = np.asarray(gs.events.ids, np.int64)
+        store.finalize({"scores": total, "scores_per_checkpoint": per_k, "event_ids": ids})
+    return SelfInfluenceScores(ids, total, per_k)
+
+
+def _train_test_meta(run, kind, test_split, chunk_size, test_block, layout, **extra) -> dict:
+    train, test = split_of(run, "train"), split_of(run, test_split)
+    meta = run_meta(run, kind, train, split="train", chunk_size=chunk_size, layout=layout)
+    meta.update(
+        test_split=test_split,
+        test_event_ids_sha=ids_digest(test.events.ids),
+        n_test_events=len(test),
+        test_block=int(test_block),
+        **extra,
+    )
+    return meta
+
+
+def scored_influence_matrix(
+    run: Run,
+    store_dir: str | Path,
+    *,
+    test_split: str = "test",
+    chunk_size: int = 64,
+    test_block: int | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train_ids [N], test_ids [M], influence [N, M])`` of
+    :func:`hepattr_jax.tracin.influence_matrix`, saved in a store at ``store_dir`` as
+    ``influence.npy``, ``event_ids.npy`` (rows, train) and ``test_event_ids.npy`` (columns)."""
+    from hepattr_jax import tracin
+    from hepattr_jax.per_example import layout_for
+
+    train, test = split_of(run, "train"), split_of(run, test_split)
+    layout = layout_for(run.model, train)
+    test_block = test_block or tracin.default_test_block(run.checkpoints)
+    meta = _train_test_meta(run, "influence_matrix", test_split, chunk_size, test_block, layout)
+    with ScoreStore.open(store_dir, meta) as store:
+        m = tracin.influence_matrix(
+            layout,
+            run.checkpoints,
+            train,
+            test,
+            chunk_size=chunk_size,
+            test_block=test_block,
+            progress=progress,
+        )
+        ids, test_ids = train.events.ids.astype(np.int64), test.events.ids.astype(np.int64)
+        store.finalize({"influence": m, "event_ids": ids, "test_event_ids": test_ids})
+    return ids, test_ids, m
+
+
+def scored_top_k(
+    run: Run,
+    store_dir: str | Path,
+    k: int,
+    *,
+    test_split: str = "test",
+    chunk_size: int = 64,
+    test_block: int | None = None,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Top-``k`` proponents and opponents (:func:`hepattr_jax.tracin.top_k`) of every
+    ``test_split`` event, as train *event ids* and scores, saved as ``topk.npz`` in a store:
+    ``test_event_ids [M]``, ``proponent_ids``/``opponent_ids`` int64 ``[M, k]`` and
+    ``proponent_scores``/``opponent_scores`` float64 ``[M, k]``, strongest first."""
+    from hepattr_jax import tracin
+    from hepattr_jax.per_example import layout_for
+
+    train, test = split_of(run, "train"), split_of(run, test_split)
+    layout = layout_for(run.model, train)
+    test_block = test_block or tracin.default_test_block(run.checkpoints)
+    k = min(int(k), len(train))
+    meta = _train_test_meta(run, "top_k", test_split, chunk_size, test_block, layout, k=k)
+    with ScoreStore.open(store_dir, meta) as store:
+        tk = tracin.top_k(
+            layout,
+            run.checkpoints,
+            train,
+            test,
+            k,
+            chunk_size=chunk_size,
+            test_block=test_block,
+            progress=progress,
+        )
+        train_ids = train.events.ids.astype(np.int64)
+        arrays = {
+            "test_event_ids": test.events.ids.astype(np.int64),
+            "proponent_ids": train_ids[tk.proponents],
+            "proponent_scores": tk.proponent_scores,
+            "opponent_ids": train_ids[tk.opponents],
+            "opponent_scores": tk.opponent_scores,
+        }
+        store.finalize(arrays, npz="topk")
+    return arrays
+
+
+# --------------------------------------------------------------------- TRAK
+def _select_checkpoints(ckpts, which: str):
+    """``"all"`` checkpoints, or the ``"last"`` one only (TRAK's usual single model)."""
+    from hepattr_jax.errors import ConfigError
+
+    if which == "all":
+        return ckpts
+    if which != "last":
+        raise ConfigError(f"checkpoints {which!r}: use 'all' or 'last'")
+    return ckpts.select([len(ckpts) - 1])
+
+
+def scored_trak_features(
+    run: Run,
+    store_dir: str | Path,
+    projector,
+    *,
+    split: str = "train",
+    checkpoints: str = "last",
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids [N], features [K, N, d], margins [K, N])``: TRAK features
+    (:func:`hepattr_jax.trak.featurize`) of ``run``'s ``split`` events at its ``"last"`` or
+    ``"all"`` checkpoints, persisted chunk by chunk (resumable) in a :class:`ScoreStore` whose
+    meta records the run, checkpoints, projection and settings. Writes ``features.npy``,
+    ``margins.npy`` and ``event_ids.npy``."""
+    import dataclasses
+
+    import jax
+
+    from hepattr_jax import trak
+    from hepattr_jax.per_example import layout_for
+
+    gs = split_of(run, split)
+    ck = _select_checkpoints(run.checkpoints, checkpoints)
+    layout = layout_for(run.model, gs)
+    sub = dataclasses.replace(run, checkpoints=ck)
+    meta = run_meta(sub, "trak_features", gs, split=split, chunk_size=chunk_size, layout=layout)
+    dtype = np.dtype(jax.tree_util.tree_leaves(ck.params)[0].dtype)
+    meta.update(projection=projector.to_meta(), output="margin", dtype=dtype.name)
+    d = projector.proj_dim
+    with ScoreStore.open(store_dir, meta) as store:
+        trak.featurize(
+            layout,
+            ck,
+            gs,
+            projector,
+            chunk_size=chunk_size,
+            progress=progress,
+            on_chunk=store.write_chunk,
+            skip_chunk=store.has,
+        )
+        both = store.assemble(len(gs), n_rows=(len(ck), d + 1))
+        features = np.ascontiguousarray(both[:, :d].transpose(0, 2, 1))
+        margins = both[:, d]
+        ids = np.asarray(gs.events.ids, np.int64)
+        store.finalize({"features": features, "margins": margins, "event_ids": ids})
+    return ids, features, margins
+
+
+def scored_trak(
+    runs: list[Run],
+    store_dir: str | Path,
+    projector,
+    *,
+    test_split: str = "test",
+    checkpoints: str = "last",
+    damping: float = 1e-3,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """TRAK scores of every train event on every ``test_split`` event, ensembled over ``runs``
+    (each contributing its ``"last"`` or ``"all"`` checkpoints), and TRAK self-influence.
+
+    Features of each run and split go to ``store_dir/features/run<i>_<split>`` (resumable
+    stores); the result, ``store_dir`` itself, holds ``scores.npy`` ``[N, M]``,
+    ``self_influence.npy`` ``[N]``, ``event_ids.npy`` and ``test_event_ids.npy``, with a meta
+    naming every member's checkpoints, the projection and ``damping``.
+    """
+    import jax
+
+    from hepattr_jax import trak
+    from hepattr_jax.errors import ConfigError
+
+    if not runs:
+        raise ConfigError("scored_trak: no runs")
+    store_dir = Path(store_dir)
+    train0, test0 = split_of(runs[0], "train"), split_of(runs[0], test_split)
+    parts_tr, parts_te = [], []
+    for i, run in enumerate(runs):
+        for split, ref, parts in (("train", train0, parts_tr), (test_split, test0, parts_te)):
+            gs = split_of(run, split)
+            if not np.array_equal(gs.events.ids, ref.events.ids):
+                raise ConfigError(
+                    f"{run.run_dir}: its {split} events differ from those of {runs[0].run_dir}; "
+                    "ensemble members must be trained on the same data"
+                )
+            _, f, m = scored_trak_features(
+                run,
+                store_dir / "features" / f"run{i}_{split}",
+                projector,
+                split=split,
+                checkpoints=checkpoints,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+            parts.append((f, m))
+    ftr, mtr = trak.stack_members(parts_tr)
+    fte, _ = trak.stack_members(parts_te)
+    members = []
+    for run in runs:
+        ck = _select_checkpoints(run.checkpoints, checkpoints)
+        members.append(
+            {
+                "config_fingerprint": run.config.fingerprint(),
+                "checkpoint_steps": [int(s) for s in ck.steps],
+                "checkpoint_hashes": list(ck.hashes),
+            }
+        )
+    meta = {
+        "kind": "trak_scores",
+        "run_dir": [str(Path(run.run_dir).resolve()) for run in runs],
+        "members": members,
+        "data_fingerprint": runs[0].data.fingerprint,
+        "event_ids_sha": ids_digest(train0.events.ids),
+        "test_split": test_split,
+        "test_event_ids_sha": ids_digest(test0.events.ids),
+        "n_events": len(train0),
+        "n_test_events": len(test0),
+        "projection": projector.to_meta(),
+        "damping": float(damping),
+        "checkpoints": checkpoints,
+        "chunk_size": int(chunk_size),
+        "dtype": "float64",
+        "versions": {"jax": jax.__version__, "numpy": np.__version__, "hepattr_jax": _version()},
+    }
+    with ScoreStore.open(store_dir, meta) as store:
+        factors = trak.gram_factors(ftr, damping=damping)  # shared by both results
+        arrays = {
+            "scores": trak.trak_scores(ftr, mtr, fte, damping=damping, factors=factors),
+            "self_influence": trak.trak_self_influence(ftr, mtr, damping=damping, factors=factors),
+            "event_ids": train0.events.ids.astype(np.int64),
+            "test_event_ids": test0.events.ids.astype(np.int64),
+        }
+        store.finalize(arrays)
+    return arrays
