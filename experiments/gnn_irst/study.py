@@ -44,7 +44,7 @@ from hepattr_jax.data.registry import load_dataset
 from hepattr_jax.environment import hardware
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz
 from hepattr_jax.runs import load_run
-from hepattr_jax.store import scored_self_influence
+from hepattr_jax.scoring import scored_self_influence
 from hepattr_jax.train import PreparedData, evaluate_events, prepare_data, train
 
 HERE = Path(__file__).parent
