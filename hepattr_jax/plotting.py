@@ -1,20 +1,37 @@
-"""Matplotlib figures for run reports (Agg backend, files only)."""
+"""Matplotlib figures for run reports, written to files.
+
+Figures are made with :class:`matplotlib.figure.Figure` directly, not through ``pyplot``, so
+importing hepattr_jax neither changes the caller's matplotlib backend nor adds figures to a
+notebook's pyplot state (and nothing needs closing). :func:`subplots` and :func:`save` are the
+one place every report figure of the library and the experiments is made and written.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs):
+    """``(figure, axes)`` like ``pyplot.subplots``, without pyplot (no backend, no global state)."""
+    fig_kw = {k: kwargs.pop(k) for k in ("figsize", "dpi", "layout") if k in kwargs}
+    fig = Figure(**fig_kw)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Writes ``fig`` (tight layout) to ``path``; the format follows the suffix."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return Path(path)
 
 
 def loss_curves(history: list[dict], path: str | Path) -> Path:
     """Train and validation loss, and validation AUROC, per epoch."""
     ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, ax = subplots(1, 2, figsize=(9, 3.5))
     ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     ax[0].plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
     ax[0].set_xlabel("epoch")
@@ -23,17 +40,14 @@ def loss_curves(history: list[dict], path: str | Path) -> Path:
     ax[1].plot(ep, [h["val_auroc"] for h in history], "s-", color="C1")
     ax[1].set_xlabel("epoch")
     ax[1].set_ylabel("validation AUROC")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def roc_curves(
     curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str = ""
 ) -> Path:
     """ROC curves ``{label: (fpr, tpr, auroc)}`` with the diagonal for reference."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = subplots(figsize=(4.5, 4.5))
     for name, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey")
@@ -42,7 +56,4 @@ def roc_curves(
     if title:
         ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)

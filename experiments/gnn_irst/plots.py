@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from hepattr_jax.plotting import subplots
 
 CLASS_NAMES = {
     "qg_jets": ("quark jets", "gluon jets"),
@@ -29,7 +27,7 @@ def removal_curve(rows: dict, ds: str, p, out: Path) -> Path | None:
     ]
     if not full:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for i, (rule, label) in enumerate(RULES.items()):
         qs, mean, std = [], [], []
         for q in p.qs:
@@ -61,7 +59,6 @@ def removal_curve(rows: dict, ds: str, p, out: Path) -> Path | None:
     fig.tight_layout()
     path = out / f"removal_curve_{ds}.png"
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -80,7 +77,7 @@ def physics_plots(out: Path, ds: str, p, physics: dict) -> list[Path]:
     removed[np.argsort(-si, kind="stable")[: int(round(q * len(si)))]] = True
     quantities = {k: v for k, v in physics.items() if k not in ("ids", "parton_id")}
     names = list(quantities)
-    fig, axes = plt.subplots(len(names) + 1, 2, figsize=(8, 2.2 * (len(names) + 1)))
+    fig, axes = subplots(len(names) + 1, 2, figsize=(8, 2.2 * (len(names) + 1)))
     for col, cls in enumerate((0, 1)):
         m = labels == cls
         ax = axes[0, col]
@@ -124,5 +121,4 @@ def physics_plots(out: Path, ds: str, p, physics: dict) -> list[Path]:
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     png = out / f"physics_removed_vs_kept_{ds}.png"
     fig.savefig(png, dpi=90)
-    plt.close(fig)
     return [png]
