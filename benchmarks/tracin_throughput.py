@@ -1,7 +1,7 @@
 """Exact TracIn throughput of every built-in model on the fixed workloads of
 shared/spec/benchmark-workload.md ("ref-edgeconv" and "ref-jets").
 
-Command (from the repository root; the full ``ref`` preset takes about 15-20 minutes on a quiet
+Command (from the repository root; the full ``ref`` preset takes about 15-25 minutes on a quiet
 2-core CPU)::
 
     python benchmarks/tracin_throughput.py [--preset ref|quick] [--out benchmarks/results]
