@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check hepattr_jax tests benchmarks experiments
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/tracin_throughput.py
+	$(BIN)/python benchmarks/tracin_throughput.py --preset ref
 	$(BIN)/python -m benchmarks.projection_throughput
 
 clean:

@@ -24,24 +24,26 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from benchmarks.tracin_throughput import (
-    PRESETS,
+    WORKLOADS,
     bench_matmul,
     environment,
-    hand_flops_per_event,
     make_workload,
+    set_grad_flops,
     time_calls,
 )
 from hepattr_jax import tracin, trak
-from hepattr_jax.per_example import NeighbourLayout
+from hepattr_jax.per_example import layout_for
 from hepattr_jax.projection import Projector
 from hepattr_jax.sharding import event_mesh
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    workload: str  # a workload of benchmarks/tracin_throughput.py, with the edgeconv model
+    n_checkpoints: int
+    matmul_size: int
     dims: tuple[int, ...]
     trak_dim: int
     chunk_sizes: tuple[int, ...]  # for the d = trak_dim features
@@ -52,6 +54,9 @@ class Settings:
 
 SETTINGS = {
     "ref-edgeconv": Settings(
+        workload="ref-edgeconv",
+        n_checkpoints=5,
+        matmul_size=2048,
         dims=(32, 128, 512, 2048),
         trak_dim=512,
         chunk_sizes=(64, 256),
@@ -60,6 +65,9 @@ SETTINGS = {
         repeats=3,
     ),
     "quick": Settings(  # the smoke test: one d everywhere, so kernels are shared
+        workload="quick-edgeconv",
+        n_checkpoints=2,
+        matmul_size=256,
         dims=(16,),
         trak_dim=16,
         chunk_sizes=(32,),
@@ -70,13 +78,9 @@ SETTINGS = {
 }
 
 
-def _grad_flops(w, n_features: int) -> float:
-    """Hand-counted gradient FLOPs summed over the train events, one checkpoint."""
-    return float(sum(hand_flops_per_event(int(n), n_features) for n in w.train.events.n_node))
-
-
 def run(preset: str) -> dict:
-    p, s = PRESETS[preset], SETTINGS[preset]
+    s = SETTINGS[preset]
+    spec = WORKLOADS[s.workload]
     t_start = time.perf_counter()
     res: dict = {
         "benchmark": "projection_throughput",
@@ -87,15 +91,15 @@ def run(preset: str) -> dict:
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "environment": environment(),
     }
-    w = make_workload(p)
-    layout = NeighbourLayout(w.model)
+    w = make_workload(spec, "edgeconv", s.n_checkpoints, 1e-3)
+    layout = layout_for(w.model)
     n, k, n_params = len(w.train), len(w.ckpts), w.n_params
-    grad_flops = _grad_flops(w, p.n_features) * k
+    grad_flops = set_grad_flops(w.model, w.train) * k
     res["workload"] = {
         "preset": preset,
         "n_train": n,
         "n_test": len(w.test),
-        "n_node_range": list(p.n_node_range),
+        "n_node_range": list(spec.n_node_range),
         "n_params": n_params,
         "n_checkpoints": k,
         "dtype": "float32",
@@ -163,7 +167,7 @@ def run(preset: str) -> dict:
         "draws": n_params * s.trak_dim,
         **t_r,
         "per_pass_s_at_chunk": {
-            str(c): t_r["median_s"] * k * sum(-(-int(m) // c) for m in _bucket_sizes(w))
+            str(c): t_r["median_s"] * k * sum(-(-int(m) // c) for m in _bucket_sizes(layout, w))
             for c in s.chunk_sizes
         },
     }
@@ -201,7 +205,7 @@ def run(preset: str) -> dict:
         )
         scaling.append({"devices": nd, "chunk_size": c, **t, "events_per_s": rate(t)})
     res["device_scaling"] = scaling
-    res["matmul"] = bench_matmul(p.matmul_size, s.repeats)
+    res["matmul"] = bench_matmul(s.matmul_size, s.repeats)
     res["methods"] = rows
     exact = rows["exact_self_influence"]["events_per_s"]
     res["trak_over_exact_self_influence"] = {
@@ -212,8 +216,9 @@ def run(preset: str) -> dict:
     return res
 
 
-def _bucket_sizes(w) -> list[int]:
-    return list(np.unique(w.train.events.n_node, return_counts=True)[1])
+def _bucket_sizes(layout, w) -> list[int]:
+    """Events per bucket of the layout's plan (each bucket's chunks are separate calls)."""
+    return [len(b.positions) for b in layout.plan(w.train).buckets]
 
 
 def markdown(r: dict) -> str:

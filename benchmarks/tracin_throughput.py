@@ -1,26 +1,31 @@
-"""TracIn throughput on the fixed "ref-edgeconv" workload (shared/spec/benchmark-workload.md).
+"""Exact TracIn throughput of every built-in model on the fixed workloads of
+shared/spec/benchmark-workload.md ("ref-edgeconv" and "ref-jets").
 
-Command (from the repository root; the full preset takes roughly 10-20 minutes on a 2-core CPU)::
+Command (from the repository root; the full ``ref`` preset takes about 15-25 minutes on a quiet
+2-core CPU)::
 
-    python benchmarks/tracin_throughput.py [--preset ref-edgeconv|quick] [--out benchmarks/results]
-        [--skip-memory-scaling] [--skip-matrix]
+    python benchmarks/tracin_throughput.py [--preset ref|quick] [--out benchmarks/results]
+        [--workloads ref-edgeconv,ref-jets] [--models edgeconv,interaction,gcn]
+        [--chunks ref-jets=16,64] [--matrix-workloads ref-edgeconv,ref-jets]
+        [--skip-matrix] [--skip-cache-check]
 
 Writes ``OUT/tracin_throughput_<device>.json`` (every number) and ``.md`` (tables); presets other
-than ref-edgeconv put their name in the file name. Figures (definitions in benchmarks/README.md):
+than ``ref`` put their name in the file name. Per model and workload (definitions in
+benchmarks/README.md):
 
-1. self-influence events/s at K checkpoints: the reference loop (timed on a subset and
-   extrapolated), the dense EdgeConv kernel at several chunk sizes, the generic GraphLayout path;
-2. peak RSS after each phase, XLA's compiled memory per kernel;
-3. overhead ratio of per-event gradients over one ordinary batched gradient (two baselines);
-4. the exact train x test influence matrix;
-5. memory scaling: self-influence of many simulated events in a subprocess (its own peak RSS);
-6. FLOPs per event from XLA's cost analysis beside a hand count, achieved GFLOP/s beside a large
-   matmul's rate;
-7. device, versions, CPU, load average, shapes and seeds.
+1. exact self-influence events/s through the engine (``tracin.self_influence(layout_for(model),
+   ...)``), steady median and first call (compile seconds apart), at the workload's chunk sizes;
+2. padding waste of the bucket plan and the number of compiled shapes;
+3. useful GFLOP/s (hand count at each event's real size) and its fraction of a 2048^3 float32
+   matmul timed in the same run; XLA's cost analysis beside the hand count, one chunk per bucket;
+4. the overhead ratio against one ordinary batched training gradient of the same events;
+5. the reference loop (each event padded to its own size) on a subset, and the speed-up;
+6. the exact train x test matrix in a subprocess (its own peak RSS);
+7. compile share of the first pass, and JAX's persistent compilation cache across processes.
 
-Compilation is timed apart: the first call of each timed function (compile + run) is reported
-alone, then ``repeats`` steady calls give the median and min/max. The library caches its jitted
-kernels per layout, so steady calls reuse the compilation (checked: they compile nothing).
+Every timed function is called once alone (the first call: compilation + run, with the seconds
+JAX spent compiling in it, from ``jax.monitoring``), then ``repeats`` steady calls: the figure
+is their median, and the steady calls are checked to compile nothing.
 """
 
 from __future__ import annotations
@@ -34,97 +39,107 @@ import os
 import platform
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hepattr_jax import per_example, tracin
-from hepattr_jax.data.susy_sim import simulate_susy
 from hepattr_jax.data.synthetic import random_events
 from hepattr_jax.environment import cpu_model
 from hepattr_jax.graphs import GraphSet, build_graphs
 from hepattr_jax.losses import mean_loss
-from hepattr_jax.models import count_params, make_model
-from hepattr_jax.per_example import GraphLayout, NeighbourLayout
+from hepattr_jax.models import EdgeConvNet, GCNNet, InteractionNet, count_params, make_model
+from hepattr_jax.per_example import NeighbourLayout, layout_for
 
 REF_N_PARAMS = 46_081  # edgeconv-64 with 7 node features, from the workload spec
+MODEL_NAMES = ("edgeconv", "interaction", "gcn")
 
 
-# --------------------------------------------------------------------- presets
+# --------------------------------------------------------------------- workloads and presets
 @dataclasses.dataclass(frozen=True)
-class Preset:
-    """Everything that fixes one benchmark run (shapes, seeds, chunkings, repeats)."""
+class WorkloadSpec:
+    """One fixed set of train/test events (shapes, edges, seeds) and how it is timed."""
 
     name: str
     n_train: int
     n_test: int
     n_node_range: tuple[int, int]
-    n_features: int
-    n_checkpoints: int
-    lr: float
-    reference_subset: int  # events the reference loop is timed on (extrapolated to n_train)
-    chunk_sizes: tuple[int, ...]  # dense kernel
-    generic_chunk_sizes: tuple[int, ...]  # GraphLayout(model.apply)
-    overhead_chunk_size: int  # per-event vs batched gradient, and the FLOP figures
-    training_batch_size: int  # baseline (ii): GraphsTuple training batches
-    matrix_chunk_size: int
-    memory_scaling_events: int
-    memory_scaling_chunk_size: int
-    matmul_size: int
-    repeats: int
+    edges: str  # "fully_connected" or "knn:K"
+    chunk_sizes: tuple[int, ...]  # self-influence; the first is also the matrix's
+    reference_subset: int  # train events the reference loop is timed on
+    coord_spread: float | None = None  # scale of features 0 and 1 (delta-eta, delta-phi)
+    n_features: int = 7
+    training_batch_size: int = 128  # train.py's default (config.TrainConfig.batch_size)
     train_seed: int = 0
     test_seed: int = 1
+
+
+WORKLOADS = {
+    "ref-edgeconv": WorkloadSpec(
+        "ref-edgeconv", 4096, 1024, (4, 12), "fully_connected", (64, 256), reference_subset=128
+    ),
+    "ref-jets": WorkloadSpec(
+        "ref-jets", 4096, 1024, (16, 96), "knn:16", (32,), reference_subset=24, coord_spread=0.4
+    ),
+    # Tiny shapes for the smoke test: one node count each, so every kernel compiles once.
+    "quick-edgeconv": WorkloadSpec(
+        "quick-edgeconv", 48, 16, (5, 5), "fully_connected", (16,), 8, training_batch_size=16
+    ),
+    "quick-jets": WorkloadSpec(
+        "quick-jets", 32, 8, (10, 10), "knn:4", (16,), 6, 0.4, training_batch_size=16
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    workloads: tuple[str, ...]
+    models: tuple[str, ...]
+    matrix_workloads: tuple[str, ...]  # edgeconv's exact matrix on these
+    cache_check: tuple[str, str]  # (workload, model) of the persistent-cache check
+    n_checkpoints: int
+    lr: float
+    repeats: int
+    matmul_size: int
     param_seed: int = 0
-    memory_scaling_seed: int = 0
 
 
 PRESETS = {
-    "ref-edgeconv": Preset(
-        name="ref-edgeconv",
-        n_train=4096,
-        n_test=1024,
-        n_node_range=(4, 12),
-        n_features=7,
+    "ref": Preset(
+        "ref",
+        ("ref-edgeconv", "ref-jets"),
+        MODEL_NAMES,
+        ("ref-edgeconv",),
+        ("ref-edgeconv", "edgeconv"),
         n_checkpoints=5,
         lr=1e-3,
-        reference_subset=256,
-        chunk_sizes=(32, 64, 128, 256, 512),
-        generic_chunk_sizes=(32, 128),
-        overhead_chunk_size=128,
-        training_batch_size=128,
-        matrix_chunk_size=128,
-        memory_scaling_events=200_000,
-        memory_scaling_chunk_size=512,
+        repeats=2,
         matmul_size=2048,
-        repeats=3,
     ),
-    # Tiny shapes for the smoke test: one node count, so each kernel compiles once.
     "quick": Preset(
-        name="quick",
-        n_train=128,
-        n_test=32,
-        n_node_range=(5, 5),
-        n_features=7,
+        "quick",
+        ("quick-edgeconv", "quick-jets"),
+        MODEL_NAMES,
+        ("quick-edgeconv",),
+        ("quick-edgeconv", "gcn"),
         n_checkpoints=2,
         lr=1e-3,
-        reference_subset=16,
-        chunk_sizes=(32,),
-        generic_chunk_sizes=(32,),
-        overhead_chunk_size=32,
-        training_batch_size=32,
-        matrix_chunk_size=32,
-        memory_scaling_events=300,
-        memory_scaling_chunk_size=128,
+        repeats=2,
         matmul_size=256,
-        repeats=3,
     ),
 }
 
@@ -149,12 +164,6 @@ def own_peak_rss_gb() -> float:
     except OSError:
         pass
     return peak_rss_gb()
-
-
-def device_peak_bytes() -> int | None:
-    """Peak bytes in use on the accelerator (None where the backend reports nothing, e.g. CPU)."""
-    stats = jax.devices()[0].memory_stats()
-    return None if not stats else stats.get("peak_bytes_in_use")
 
 
 def _slug(text: str) -> str:
@@ -190,6 +199,10 @@ def environment() -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_platforms": os.environ.get("JAX_PLATFORMS", ""),
     }
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 # --------------------------------------------------------------------- timing
@@ -252,189 +265,6 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> dict:
     }
 
 
-# --------------------------------------------------------------------- workload
-class Workload(NamedTuple):
-    train: GraphSet
-    test: GraphSet
-    model: Any
-    ckpts: tracin.Checkpoints
-    n_params: int
-
-
-def make_checkpoints(model, gs: GraphSet, k: int, lr: float, seed: int) -> tracin.Checkpoints:
-    """K random parameter sets, from ``fold_in(key(seed), k)``, each with learning rate ``lr``."""
-    example = gs.training_batch(np.arange(min(2, len(gs))), gs.batch_budget(2)).graphs
-    key = jax.random.key(seed)
-    params = [model.init(jax.random.fold_in(key, i), example) for i in range(k)]
-    return tracin.Checkpoints.from_list(params, [lr] * k, steps=range(k))
-
-
-def make_workload(p: Preset) -> Workload:
-    gen = functools.partial(random_events, n_node_range=p.n_node_range, n_features=p.n_features)
-    train = build_graphs(gen(p.n_train, seed=p.train_seed), "fully_connected")
-    test = build_graphs(gen(p.n_test, seed=p.test_seed), "fully_connected")
-    model = make_model("edgeconv")
-    ckpts = make_checkpoints(model, train, p.n_checkpoints, p.lr, p.param_seed)
-    n_params = count_params(ckpts.at(0))
-    if p.name == "ref-edgeconv" and n_params != REF_N_PARAMS:
-        raise RuntimeError(f"edgeconv has {n_params} parameters, the workload fixes {REF_N_PARAMS}")
-    return Workload(train, test, model, ckpts, n_params)
-
-
-def workload_info(p: Preset, w: Workload) -> dict:
-    return {
-        "n_train": len(w.train),
-        "n_test": len(w.test),
-        "n_node_range": list(p.n_node_range),
-        "n_node_mean_train": float(w.train.events.n_node.mean()),
-        "n_features": p.n_features,
-        "edges": w.train.edges,
-        "model": "edgeconv (hidden 64, 3 EdgeConv blocks, readout 64)",
-        "n_params": w.n_params,
-        "n_checkpoints": len(w.ckpts),
-        "lr_k": [float(x) for x in w.ckpts.lrs],
-        "dtype": "float32",
-        "generator": "hepattr_jax.data.synthetic.random_events",
-        "seeds": {
-            "train_events": p.train_seed,
-            "test_events": p.test_seed,
-            "params": f"fold_in(key({p.param_seed}), k), k = 0..{len(w.ckpts) - 1}",
-            "memory_scaling_events": p.memory_scaling_seed,
-        },
-    }
-
-
-def first_checkpoint(ckpts: tracin.Checkpoints) -> tracin.Checkpoints:
-    return tracin.Checkpoints.from_list([ckpts.at(0)], ckpts.lrs[:1])
-
-
-# --------------------------------------------------------------------- XLA analysis
-def _cost(compiled) -> dict:
-    ca = compiled.cost_analysis()
-    if isinstance(ca, list | tuple):  # older jaxlibs: one dict per computation
-        ca = ca[0] if ca else {}
-    return ca or {}
-
-
-def xla_stats(compiled) -> dict:
-    """FLOPs (XLA cost analysis) and memory sizes (XLA memory analysis) of a compiled kernel."""
-    out = {"flops": _cost(compiled).get("flops")}
-    mem = compiled.memory_analysis()
-    for field in ("temp", "argument", "output", "generated_code"):
-        out[f"{field}_bytes"] = getattr(mem, f"{field}_size_in_bytes", None) if mem else None
-    return out
-
-
-@functools.cache
-def scan_cost_counts_trips() -> bool:
-    """Whether XLA's cost analysis multiplies a ``lax.scan`` body by its trip count.
-
-    (In jax 0.10.2 it does not: a while loop's body is counted once.)
-    """
-
-    def f(xs):
-        return jax.lax.scan(lambda c, x: (c, (x @ x).sum()), None, xs)[1]
-
-    flops = [
-        _cost(jax.jit(f).lower(np.ones((k, 32, 32), np.float32)).compile())["flops"] for k in (1, 4)
-    ]
-    return flops[1] > 2 * flops[0]
-
-
-def bucket_stats(lower: Callable, layout, gs: GraphSet, chunk_size: int) -> dict[int, dict]:
-    """XLA stats per node-count bucket: ``lower(chunk_data)`` must return a ``jax.stages.Lowered``.
-
-    Runs after the timed calls, so compilation is a cache hit (``analysis_compile_s`` shows it).
-    """
-    out = {}
-    for chunk in layout.chunks(gs, chunk_size):
-        n = int(gs.events.n_node[chunk.positions[0]])
-        if n not in out:
-            with CompileClock() as clock:
-                out[n] = xla_stats(lower(chunk.data).compile())
-            out[n]["analysis_compile_s"] = clock.seconds  # ~0: the timed calls compiled it
-    return out
-
-
-def chunk_counts(gs: GraphSet, chunk_size: int) -> dict[int, int]:
-    """Number of chunks per node-count bucket (each is one kernel call of ``chunk_size`` slots)."""
-    counts: dict[int, int] = {}
-    for n, c in zip(*np.unique(gs.events.n_node, return_counts=True), strict=True):
-        counts[int(n)] = -(-int(c) // chunk_size)
-    return counts
-
-
-def kernel_summary(stats: dict[int, dict], counts: dict[int, int], per_call_repeat: int) -> dict:
-    """Executed FLOPs over one pass (``per_call_repeat`` = scan trips not in XLA's count)."""
-    flops = [s["flops"] for s in stats.values()]
-    temps = [s["temp_bytes"] for s in stats.values() if s["temp_bytes"] is not None]
-    total = (
-        sum(stats[n]["flops"] * counts[n] for n in stats) * per_call_repeat
-        if all(f is not None for f in flops)
-        else None
-    )
-    return {
-        "executed_flops_per_pass": total,
-        "xla_temp_bytes_max_over_buckets": max(temps) if temps else None,
-        "per_bucket": {str(n): s for n, s in sorted(stats.items())},
-    }
-
-
-def hand_flops_per_event(n: int, f: int, hidden=64, blocks=3, readout=64) -> float:
-    """Matmul FLOPs (2 per multiply-add) of one event's forward + backward pass, dense layout.
-
-    Forward multiply-adds: encoder ``n F H``; per block the two per-node products of the
-    factorised first edge layer ``2 n H^2``, the second edge layer over the ``n x n`` block
-    ``n^2 H^2`` and the masked mean ``n^2 H``; readout ``2H R + R``. Backward: a weight gradient
-    and an input gradient per matmul (none for the data input), i.e. ``3 x forward - n F H``.
-    Elementwise work (ReLU, adds, the loss) is left out, so XLA's count should be a little higher.
-    """
-    fwd = n * f * hidden + blocks * (2 * n * hidden**2 + n * n * hidden**2 + n * n * hidden)
-    fwd += 2 * hidden * readout + readout
-    return 2.0 * (3 * fwd - n * f * hidden)
-
-
-def flop_table(p: Preset, w: Workload, si_stats: dict, bg_stats: dict, scan_trips: bool) -> dict:
-    """Per node count: XLA FLOPs per event per checkpoint vs the hand count."""
-    c = p.overhead_chunk_size
-    k_in_count = len(w.ckpts) if scan_trips else 1
-    rows, weights = [], []
-    for n in sorted(si_stats):
-        hand = hand_flops_per_event(n, p.n_features)
-        xla_si = si_stats[n]["flops"] / (c * k_in_count)
-        xla_bg = bg_stats[n]["flops"] / c
-        rows.append(
-            {
-                "n_node": n,
-                "xla_self_influence_flops_per_event": xla_si,
-                "xla_batch_grad_flops_per_event": xla_bg,
-                "hand_flops_per_event": hand,
-                "hand_self_influence_flops_per_event": hand + 2 * w.n_params,
-                "ratio_xla_over_hand_self_influence": xla_si / (hand + 2 * w.n_params),
-                "ratio_xla_over_hand_batch_grad": xla_bg / hand,
-            }
-        )
-        weights.append(int((w.train.events.n_node == n).sum()))
-
-    def mean(key):
-        return float(np.average([r[key] for r in rows], weights=weights))
-
-    return {
-        "chunk_size": c,
-        "per_node_count": rows,
-        "mean_over_train": {
-            k: mean(k)
-            for k in (
-                "xla_self_influence_flops_per_event",
-                "xla_batch_grad_flops_per_event",
-                "hand_flops_per_event",
-                "hand_self_influence_flops_per_event",
-            )
-        },
-        "note": "per event per checkpoint; padded slots of a chunk's tail are not included here",
-    }
-
-
 def bench_matmul(size: int, repeats: int) -> dict:
     """Practical float32 peak: median time of a ``size^3`` matmul."""
     ka, kb = jax.random.split(jax.random.key(0))
@@ -446,34 +276,173 @@ def bench_matmul(size: int, repeats: int) -> dict:
     return {"size": size, **t, "flops": flops, "gflops_per_s": flops / t["median_s"] / 1e9}
 
 
-# --------------------------------------------------------------------- 1. self-influence
-def bench_reference(p: Preset, w: Workload) -> dict:
-    """The per-event loop on the first ``reference_subset`` train events, all K checkpoints."""
-    n = min(p.reference_subset, len(w.train))
-    sub = w.train.select(np.arange(n))
-    values = {}
-
-    def run():
-        values["si"] = tracin.self_influence_reference(w.model.apply, w.ckpts, sub)
-
-    t = time_calls(run, p.repeats)
-    rate = n / t["median_s"]
-    return {
-        "n_events_timed": n,
-        "n_checkpoints": len(w.ckpts),
-        **t,
-        "events_per_s": rate,
-        "extrapolated_s_for_n_train": len(w.train) / rate,
-        "note": (
-            f"tracin.self_influence_reference timed on the first {n} train events x "
-            f"{len(w.ckpts)} checkpoints; events/s extrapolated (the loop is linear in events)"
-        ),
-        "_values": values["si"],
-    }
+# --------------------------------------------------------------------- data and checkpoints
+class Workload(NamedTuple):
+    spec: WorkloadSpec
+    train: GraphSet
+    test: GraphSet
+    model_name: str
+    model: Any
+    ckpts: tracin.Checkpoints
+    n_params: int
 
 
-def bench_fast(p: Preset, w: Workload, layout, chunk_size: int) -> dict:
-    """``tracin.self_influence(layout, ...)`` over all train events at one chunk size."""
+def make_events(spec: WorkloadSpec, n: int, seed: int):
+    ev = random_events(n, n_node_range=spec.n_node_range, n_features=spec.n_features, seed=seed)
+    if spec.coord_spread is not None:  # (delta-eta, delta-phi) with spread ~coord_spread
+        nodes = ev.nodes.copy()
+        nodes[:, :2] *= spec.coord_spread
+        ev = dataclasses.replace(ev, nodes=nodes)
+    return ev
+
+
+@functools.cache
+def make_graphs(spec: WorkloadSpec) -> tuple[GraphSet, GraphSet]:
+    """Train and test GraphSets of a workload (built once per process, shared by the models)."""
+    train = build_graphs(make_events(spec, spec.n_train, spec.train_seed), spec.edges)
+    test = build_graphs(make_events(spec, spec.n_test, spec.test_seed), spec.edges)
+    return train, test
+
+
+def make_checkpoints(model, gs: GraphSet, k: int, lr: float, seed: int) -> tracin.Checkpoints:
+    """K random parameter sets, from ``fold_in(key(seed), k)``, each with learning rate ``lr``."""
+    example = gs.training_batch(np.arange(min(2, len(gs))), gs.batch_budget(2)).graphs
+    key = jax.random.key(seed)
+    params = [model.init(jax.random.fold_in(key, i), example) for i in range(k)]
+    return tracin.Checkpoints.from_list(params, [lr] * k, steps=range(k))
+
+
+def make_workload(
+    spec: WorkloadSpec, model_name: str, k: int, lr: float, seed: int = 0
+) -> Workload:
+    train, test = make_graphs(spec)
+    model = make_model(model_name)
+    ckpts = make_checkpoints(model, train, k, lr, seed)
+    n_params = count_params(ckpts.at(0))
+    if model_name == "edgeconv" and spec.n_features == 7 and n_params != REF_N_PARAMS:
+        raise RuntimeError(f"edgeconv has {n_params} parameters, the workload fixes {REF_N_PARAMS}")
+    return Workload(spec, train, test, model_name, model, ckpts, n_params)
+
+
+# --------------------------------------------------------------------- useful FLOPs (hand count)
+def forward_macs(model, n, e, f: int):
+    """Matmul multiply-adds of one event's forward pass at its real size, and of the layer that
+    takes the data (whose input gradient training does not need): ``(forward, data_layer)``.
+
+    ``n`` nodes, ``e`` directed edges, ``f`` node features; ``H`` hidden, ``R`` readout hidden.
+    Elementwise work (ReLU, aggregation sums, pooling, the loss) is left out. An edge layer whose
+    input holds per-node parts is counted at its minimal cost: ``[h_i, h_j - h_i] W`` (EdgeConv)
+    and ``[h_j, h_i] W`` (interaction, first block) as two per-node products, ``2 n H^2``; the
+    interaction network's later ``[e_ij, h_j, h_i] W`` as ``e H^2 + 2 n H^2`` (the model itself
+    runs the ``h`` parts per edge there, ``3 e H^2``: more work than the useful count).
+    """
+    h, r = model.hidden, model.readout_hidden
+    data = n * f * h
+    if isinstance(model, EdgeConvNet):
+        fwd = data + model.n_blocks * (2 * n * h * h + e * h * h) + 2 * h * r + r
+    elif isinstance(model, InteractionNet):
+        fwd = data + 2 * h * r + r
+        for b in range(model.n_blocks):
+            first = 2 * n * h * h + (e * h * h if b else 0)
+            fwd = fwd + first + e * h * h + 3 * n * h * h  # edge MLP, then node MLP [2H->H, H->H]
+    elif isinstance(model, GCNNet):
+        fwd = data + (model.n_layers - 1) * n * h * h + h * r + r
+    else:
+        raise ValueError(f"no hand FLOP count for {type(model).__name__}")
+    return fwd, data
+
+
+def grad_flops(model, n, e, f: int):
+    """Useful FLOPs (2 per multiply-add) of one training gradient of one event: forward, then a
+    weight gradient and an input gradient per matmul (no input gradient for the data layer):
+    ``2 (3 forward - data_layer)``. Works elementwise on arrays of ``n`` and ``e``."""
+    fwd, data = forward_macs(model, np.asarray(n, np.float64), np.asarray(e, np.float64), f)
+    return 2.0 * (3.0 * fwd - data)
+
+
+def set_grad_flops(model, gs: GraphSet) -> float:
+    """Useful gradient FLOPs summed over the events of ``gs`` (one checkpoint)."""
+    return float(grad_flops(model, gs.events.n_node, gs.n_edge, gs.events.n_features).sum())
+
+
+def self_influence_flops(w: Workload) -> float:
+    """Useful FLOPs of one exact self-influence pass: ``K (sum_z grad(z) + N 2P)``."""
+    k = len(w.ckpts)
+    return k * (set_grad_flops(w.model, w.train) + 2.0 * w.n_params * len(w.train))
+
+
+# --------------------------------------------------------------------- XLA cost analysis
+def _cost(compiled) -> dict:
+    ca = compiled.cost_analysis()
+    if isinstance(ca, list | tuple):  # older jaxlibs: one dict per computation
+        ca = ca[0] if ca else {}
+    return ca or {}
+
+
+@functools.cache
+def scan_cost_counts_trips() -> bool:
+    """Whether XLA's cost analysis multiplies a ``lax.scan`` body by its trip count
+    (in jax 0.10.2 it does not: a while loop's body is counted once)."""
+
+    def f(xs):
+        return jax.lax.scan(lambda c, x: (c, (x @ x).sum()), None, xs)[1]
+
+    flops = [
+        _cost(jax.jit(f).lower(np.ones((k, 32, 32), np.float32)).compile())["flops"] for k in (1, 4)
+    ]
+    return flops[1] > 2 * flops[0]
+
+
+def xla_crosscheck(w: Workload, layout, chunk_size: int) -> list[dict]:
+    """Per bucket: XLA's FLOPs per chunk slot per checkpoint (one chunk of the self-influence
+    kernel) beside the hand count at the bucket's padded shape. Runs after the timed calls, so
+    the compilation is a cache hit where JAX has one (``analysis_compile_s``)."""
+    kernel = per_example.self_influence_kernel(layout)
+    lrs = w.ckpts.lr_array()
+    trips = 1 if scan_cost_counts_trips() else len(w.ckpts)
+    plan = layout.plan(w.train)
+    firsts = {int(bk.positions[0]): bk for bk in plan.buckets}
+    rows = []
+    f = w.train.events.n_features
+    for chunk in layout.chunks(w.train, chunk_size):
+        bk = firsts.get(int(chunk.positions[0]))
+        if bk is None:
+            continue
+        with CompileClock() as clock:
+            compiled = kernel.lower(w.ckpts.params, lrs, chunk.data).compile()
+        xla = _cost(compiled).get("flops")
+        mem = compiled.memory_analysis()
+        e_pad = bk.n_node * bk.width if isinstance(layout, NeighbourLayout) else bk.width
+        hand_pad = float(grad_flops(w.model, bk.n_node, e_pad, f)) + 2.0 * w.n_params
+        pos = bk.positions
+        hand_real = float(
+            grad_flops(w.model, w.train.events.n_node[pos], w.train.n_edge[pos], f).mean()
+        )
+        per_slot = xla / (chunk_size * len(w.ckpts) / trips) if xla else None
+        rows.append(
+            {
+                "n_node": bk.n_node,
+                "width": bk.width,
+                "n_events": len(pos),
+                "xla_flops_per_slot": per_slot,
+                "hand_flops_padded_shape": hand_pad,
+                "ratio_xla_over_hand": per_slot / hand_pad if per_slot else None,
+                "hand_flops_real_mean": hand_real + 2.0 * w.n_params,
+                "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None) if mem else None,
+                "analysis_compile_s": clock.seconds,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------- per model and workload
+def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+
+
+def bench_self_influence(w: Workload, chunk_size: int, repeats: int, matmul_rate: float) -> dict:
+    """``tracin.self_influence(layout_for(model), ...)`` over all train events, one chunk size."""
+    layout = layout_for(w.model)
     values = {}
 
     def run():
@@ -481,420 +450,427 @@ def bench_fast(p: Preset, w: Workload, layout, chunk_size: int) -> dict:
             layout, w.ckpts, w.train, chunk_size=chunk_size, progress=False
         )
 
-    t = time_calls(run, p.repeats)
-    kernel = per_example.self_influence_kernel(layout)
-    lrs = w.ckpts.lr_array()
-    stats = bucket_stats(
-        lambda data: kernel.lower(w.ckpts.params, lrs, data), layout, w.train, chunk_size
+    t = time_calls(run, repeats)
+    useful = self_influence_flops(w)
+    rate = useful / t["median_s"] / 1e9
+    return {
+        "chunk_size": chunk_size,
+        **t,
+        "events_per_s": len(w.train) / t["median_s"],
+        "compile_share_of_first_pass": t["first_call_compile_s"] / t["first_call_s"],
+        "useful_flops_per_pass": useful,
+        "useful_gflops_per_s": rate,
+        "fraction_of_matmul": rate / matmul_rate,
+        "_values": values["si"],
+    }
+
+
+def bench_training_grad(w: Workload, repeats: int, matmul_rate: float) -> dict:
+    """One ordinary gradient pass over the train events, as training takes it: ``jit(grad(
+    losses.mean_loss))`` at checkpoint 0 over ``GraphSet.training_batch`` batches padded to
+    ``batch_budget(batch_size)`` (train.py's worst-case budget), host-side batching included."""
+    b = w.spec.training_batch_size
+    gs, params = w.train, w.ckpts.at(0)
+    budget = gs.batch_budget(b)
+    grad_fn = jax.jit(jax.grad(functools.partial(mean_loss, w.model.apply)))
+
+    def run():
+        for s in range(0, len(gs), b):
+            batch = gs.training_batch(np.arange(s, min(s + b, len(gs))), budget)
+            jax.block_until_ready(grad_fn(params, batch))
+
+    t = time_calls(run, repeats)
+    n_batches = -(-len(gs) // b)
+    useful = set_grad_flops(w.model, gs)
+    rate = useful / t["median_s"] / 1e9
+    return {
+        **t,
+        "batch_size": b,
+        "budget": budget._asdict(),
+        "n_batches": n_batches,
+        "padding_node_share": 1 - gs.events.n_node.sum() / (n_batches * (budget.n_node - 1)),
+        "padding_edge_share": 1 - gs.n_edge.sum() / (n_batches * (budget.n_edge - 1)),
+        "events_per_s": len(gs) / t["median_s"],
+        "useful_flops_per_pass": useful,
+        "useful_gflops_per_s": rate,
+        "fraction_of_matmul": rate / matmul_rate,
+    }
+
+
+def bench_reference(w: Workload, repeats: int) -> dict:
+    """``tracin.self_influence_reference(..., own_size=True)`` on the first train events; every
+    shape it needs compiled beforehand (one event of each size, checkpoint 0), so the timed
+    calls compile nothing."""
+    n = min(w.spec.reference_subset, len(w.train))
+    sub = w.train.select(np.arange(n))
+    nn = sub.events.n_node
+    one_per_size = np.unique(nn, return_index=True)[1]
+    with CompileClock() as warm:
+        t0 = time.perf_counter()
+        tracin.self_influence_reference(
+            w.model.apply, w.ckpts.select([0]), sub.select(one_per_size), own_size=True
+        )
+        warm_s = time.perf_counter() - t0
+    values = {}
+
+    def run():
+        values["si"] = tracin.self_influence_reference(w.model.apply, w.ckpts, sub, own_size=True)
+
+    t = time_calls(run, repeats)
+    rate = n / t["median_s"]
+    return {
+        "n_events_timed": n,
+        "n_shapes": len(one_per_size),
+        "warmup_s": warm_s,
+        "warmup_compile_s": warm.seconds,
+        **t,
+        "events_per_s": rate,
+        "extrapolated_s_for_n_train": len(w.train) / rate,
+        "n_node_mean_subset": float(nn.mean()),
+        "n_node_mean_train": float(w.train.events.n_node.mean()),
+        "_values": values["si"],
+    }
+
+
+def bench_model(p: Preset, w: Workload, chunk_sizes, matmul_rate: float, tag: str) -> dict:
+    layout = layout_for(w.model)
+    plan = layout.plan(w.train)
+    out: dict = {
+        "model": w.model_name,
+        "n_params": w.n_params,
+        "layout": type(layout).__name__,
+        "n_compiled_shapes": len(plan.buckets),
+        "buckets": [
+            {"n_node": b.n_node, "width": b.width, "n_events": len(b.positions)}
+            for b in plan.buckets
+        ],
+        "padding_waste": plan.waste,
+        "useful_flops_per_event_mean": self_influence_flops(w) / len(w.ckpts) / len(w.train),
+    }
+    rows = []
+    for c in chunk_sizes:
+        r = bench_self_influence(w, c, p.repeats, matmul_rate)
+        rows.append(r)
+        print(
+            f"  [{tag}] self-influence chunk {c}: {r['events_per_s']:.0f} events/s, "
+            f"first call {r['first_call_s']:.1f} s ({r['first_call_compile_s']:.1f} compiling), "
+            f"{r['fraction_of_matmul']:.2f} of matmul",
+            flush=True,
+        )
+    best = max(rows, key=lambda r: r["events_per_s"])
+    values = best["_values"]
+    for r in rows:
+        r.pop("_values")
+    out["self_influence"] = rows
+    out["best_chunk_size"] = best["chunk_size"]
+    out["xla_crosscheck"] = xla_crosscheck(w, layout, best["chunk_size"])
+
+    tr = bench_training_grad(w, p.repeats, matmul_rate)
+    out["training_grad"] = tr
+    per_ckpt = best["median_s"] / len(w.ckpts)
+    out["overhead_ratio"] = per_ckpt / tr["median_s"]
+    print(
+        f"  [{tag}] training gradient: {tr['events_per_s']:.0f} events/s; overhead ratio "
+        f"{out['overhead_ratio']:.2f}",
+        flush=True,
     )
-    trips = 1 if scan_cost_counts_trips() else len(w.ckpts)
-    summary = kernel_summary(stats, chunk_counts(w.train, chunk_size), trips)
-    out = {"chunk_size": chunk_size, **t, "events_per_s": len(w.train) / t["median_s"], **summary}
-    if summary["executed_flops_per_pass"]:
-        out["achieved_gflops_per_s"] = summary["executed_flops_per_pass"] / t["median_s"] / 1e9
-    out["peak_rss_gb_so_far"] = peak_rss_gb()
-    out["_values"] = values["si"]
+
+    ref = bench_reference(w, p.repeats)
+    ref_values = ref.pop("_values")
+    out["reference_loop"] = ref
+    out["speedup_vs_reference"] = best["events_per_s"] / ref["events_per_s"]
+    out["max_rel_diff_vs_reference"] = max_rel_diff(values[: len(ref_values)], ref_values)
+    print(
+        f"  [{tag}] reference loop: {ref['events_per_s']:.1f} events/s; speed-up "
+        f"{out['speedup_vs_reference']:.1f}x; max rel. diff {out['max_rel_diff_vs_reference']:.1e}",
+        flush=True,
+    )
     return out
 
 
-def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
-
-
-def bench_self_influence(p: Preset, w: Workload) -> dict:
-    ref = bench_reference(p, w)
-    ref_values = ref.pop("_values")
-    n_ref = len(ref_values)
-    dense_layout, generic_layout = NeighbourLayout(w.model), GraphLayout(w.model)
-    results = {"reference_loop": ref, "dense": [], "generic": []}
-    for name, layout, sizes in (
-        ("dense", dense_layout, p.chunk_sizes),
-        ("generic", generic_layout, p.generic_chunk_sizes),
-    ):
-        for c in sizes:
-            r = bench_fast(p, w, layout, c)
-            r["speedup_vs_reference"] = r["events_per_s"] / ref["events_per_s"]
-            r["max_rel_diff_vs_reference"] = max_rel_diff(r.pop("_values")[:n_ref], ref_values)
-            results[name].append(r)
-            print(f"  {name} chunk {c}: {r['events_per_s']:.0f} events/s", flush=True)
-    results["layouts"] = {
-        "dense": "per_example.NeighbourLayout(w.model)",
-        "generic": "per_example.GraphLayout(model)",
-    }
-    return results
-
-
-# --------------------------------------------------------------------- 3. overhead ratio
-def _time_chunked_grads(kernel, params, layout, gs: GraphSet, chunk_size: int) -> Callable:
-    def run():
-        for chunk in layout.chunks(gs, chunk_size):
-            jax.block_until_ready(kernel(params, chunk.data))
-
-    return run
-
-
-def _time_training_grads(grad_fn, params, gs: GraphSet, batch_size: int) -> Callable:
-    budget = gs.batch_budget(batch_size)
-
-    def run():
-        for s in range(0, len(gs), batch_size):
-            batch = gs.training_batch(np.arange(s, min(s + batch_size, len(gs))), budget)
-            jax.block_until_ready(grad_fn(params, batch))
-
-    return run
-
-
-def bench_overhead(p: Preset, w: Workload) -> dict:
-    """Per-event self-influence at one checkpoint over one ordinary gradient pass, same events."""
-    layout, c = NeighbourLayout(w.model), p.overhead_chunk_size
-    ck1 = first_checkpoint(w.ckpts)
-    params = w.ckpts.at(0)
-    per_event = time_calls(
-        lambda: tracin.self_influence(layout, ck1, w.train, chunk_size=c, progress=False),
-        p.repeats,
-    )
-    bg_kernel = per_example.batch_grad_kernel(layout)
-    strict = time_calls(_time_chunked_grads(bg_kernel, params, layout, w.train, c), p.repeats)
-    train_grad = jax.jit(jax.grad(functools.partial(mean_loss, w.model.apply)))
-    b = p.training_batch_size
-    training = time_calls(_time_training_grads(train_grad, params, w.train, b), p.repeats)
-    budget = w.train.batch_budget(b)
-    example = w.train.training_batch(np.arange(min(b, len(w.train))), budget)
-    training_stats = xla_stats(train_grad.lower(params, example).compile())
-    bg_stats = bucket_stats(lambda d: bg_kernel.lower(params, d), layout, w.train, c)
-    bg_summary = kernel_summary(bg_stats, chunk_counts(w.train, c), 1)
-    n_batches = -(-len(w.train) // b)
-    return {
-        "n_events": len(w.train),
-        "checkpoint": 0,
-        "chunk_size": c,
-        "per_event_self_influence": per_event,
-        "batch_grad_dense": {
-            **strict,
-            **bg_summary,
-            "what": "per_example.batch_grad_kernel(NeighbourLayout(w.model)): gradient of "
-            "the summed loss, same layout and chunks",
-        },
-        "training_grad_graphstuple": {
-            **training,
-            "batch_size": b,
-            "budget": budget._asdict(),
-            "xla": training_stats,
-            "executed_flops_per_pass": (training_stats["flops"] or 0) * n_batches or None,
-            "what": "jit(grad(losses.mean_loss)) over GraphSet.training_batch batches (worst-case "
-            "padding budget, as in train.py)",
-        },
-        "ratio_vs_batch_grad_dense": per_event["median_s"] / strict["median_s"],
-        "ratio_vs_training_grad_graphstuple": per_event["median_s"] / training["median_s"],
-        "_bg_stats": bg_stats,
-    }
-
-
-# --------------------------------------------------------------------- 4. influence matrix
-def bench_matrix(p: Preset, w: Workload) -> dict:
-    """Exact ``[n_train, n_test]`` TracIn matrix, timed once (its compilation measured apart)."""
-    c = p.matrix_chunk_size
-    with CompileClock() as clock:
-        t0 = time.perf_counter()
-        m = tracin.influence_matrix(
-            NeighbourLayout(w.model), w.ckpts, w.train, w.test, chunk_size=c, progress=False
-        )
-        total = time.perf_counter() - t0
-    pairs = len(w.train) * len(w.test)
-    return {
-        "n_train": len(w.train),
-        "n_test": len(w.test),
-        "n_checkpoints": len(w.ckpts),
-        "chunk_size": c,
-        "test_block": tracin.default_test_block(w.ckpts),
-        "seconds_total": total,
-        "pairs_per_s_total": pairs / total,
-        "compile_s": clock.seconds,
-        "compile_breakdown_s": clock.totals,
-        "pairs_per_s_excluding_compile": pairs / (total - clock.seconds),
-        "all_finite": bool(np.isfinite(m).all()),
-        "peak_rss_gb_so_far": peak_rss_gb(),
-        "note": (
-            "one call; influence_matrix builds its jitted kernels on every call, so "
-            "seconds_total includes compilation (compile_s, from jax.monitoring events)"
-        ),
-    }
-
-
-# --------------------------------------------------------------------- 5. memory scaling
-def memory_child(n_events: int, k: int, lr: float, chunk_size: int, seed: int) -> dict:
-    """Runs in a subprocess: self-influence of ``simulate_susy(n_events)``; own peak RSS."""
-    t0 = time.perf_counter()
-    rss_start = own_peak_rss_gb()
-    events = simulate_susy(n_events, seed=seed, with_mt2=False)
-    gs = build_graphs(events, "fully_connected")
-    t_data = time.perf_counter() - t0
-    rss_data = own_peak_rss_gb()
-    model = make_model("edgeconv")
-    ckpts = make_checkpoints(model, gs, k, lr, seed)
-    layout = per_example.layout_for(model, gs)
-    with CompileClock() as clock:
-        t1 = time.perf_counter()
-        si = tracin.self_influence(layout, ckpts, gs, chunk_size=chunk_size, progress=False)
-        t_si = time.perf_counter() - t1
-    return {
-        "n_events": n_events,
-        "generator": f"hepattr_jax.data.susy_sim.simulate_susy({n_events}, seed={seed})",
-        "edges": gs.edges,
-        "n_node_range": [int(gs.events.n_node.min()), int(gs.events.n_node.max())],
-        "n_features": events.n_features,
-        "n_params": count_params(ckpts.at(0)),
-        "n_checkpoints": k,
-        "chunk_size": chunk_size,
-        "layout": type(layout).__name__,
-        "data_s": t_data,
-        "self_influence_s": t_si,
-        "self_influence_compile_s": clock.seconds,
-        "events_per_s_including_compile": n_events / t_si,
-        "events_per_s_excluding_compile": n_events / (t_si - clock.seconds),
-        "wall_s": time.perf_counter() - t0,
-        "peak_rss_gb": own_peak_rss_gb(),
-        "peak_rss_source": "VmHWM of the subprocess (/proc/self/status)",
-        "ru_maxrss_gb": peak_rss_gb(),
-        "peak_rss_gb_after_imports": rss_start,
-        "peak_rss_gb_after_data": rss_data,
-        "device_peak_bytes": device_peak_bytes(),
-        "all_finite_positive": bool(np.isfinite(si).all() and (si > 0).all()),
-    }
-
-
-def bench_memory_scaling(p: Preset) -> dict:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--memory-child",
-        json.dumps(
-            {
-                "n_events": p.memory_scaling_events,
-                "k": p.n_checkpoints,
-                "lr": p.lr,
-                "chunk_size": p.memory_scaling_chunk_size,
-                "seed": p.memory_scaling_seed,
-            }
-        ),
-    ]
+# --------------------------------------------------------------------- subprocesses
+def _child(mode: str, payload: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), f"--{mode}-child", json.dumps(payload)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"memory-scaling subprocess failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{mode} subprocess failed:\n{proc.stderr[-4000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["subprocess_wall_s"] = wall
     return out
 
 
-# --------------------------------------------------------------------- report
-def flop_summary(p: Preset, w: Workload, si: dict, overhead: dict, matmul: dict) -> dict:
-    dense = next(r for r in si["dense"] if r["chunk_size"] == p.overhead_chunk_size)
-    bg = overhead["batch_grad_dense"]
-    si_stats = {int(n): s for n, s in dense["per_bucket"].items()}
-    table = flop_table(p, w, si_stats, overhead.pop("_bg_stats"), scan_cost_counts_trips())
-    peak = matmul["gflops_per_s"]
-    rate_si = dense.get("achieved_gflops_per_s")
-    rate_bg = (
-        bg["executed_flops_per_pass"] / bg["median_s"] / 1e9
-        if bg["executed_flops_per_pass"]
-        else None
-    )
-    tr = overhead["training_grad_graphstuple"]
-    rate_tr = (
-        tr["executed_flops_per_pass"] / tr["median_s"] / 1e9
-        if tr["executed_flops_per_pass"]
-        else None
-    )
+def matrix_child(workload: str, model: str, k: int, lr: float, seed: int, chunk_size: int) -> dict:
+    """Runs in its own process: the exact matrix, first call then one steady call."""
+    rss_start = own_peak_rss_gb()
+    w = make_workload(WORKLOADS[workload], model, k, lr, seed)
+    layout = layout_for(w.model)
+    calls = []
+    for _ in range(2):
+        with CompileClock() as clock:
+            t0 = time.perf_counter()
+            m = tracin.influence_matrix(
+                layout, w.ckpts, w.train, w.test, chunk_size=chunk_size, progress=False
+            )
+            calls.append((time.perf_counter() - t0, clock.seconds))
+    n, mt = len(w.train), len(w.test)
+    test_block = tracin.default_test_block(w.ckpts)
+    n_blocks = -(-mt // test_block)
+    gram = 2.0 * n * mt * w.n_params * k
+    grads = k * (n_blocks * set_grad_flops(w.model, w.train) + set_grad_flops(w.model, w.test))
     return {
-        **table,
-        "xla_scan_cost_counts_trips": scan_cost_counts_trips(),
-        "matmul": matmul,
-        "achieved_gflops_per_s": {
-            "self_influence_dense": rate_si,
-            "batch_grad_dense": rate_bg,
-            "training_grad_graphstuple": rate_tr,
-        },
-        "fraction_of_matmul_rate": {
-            "self_influence_dense": rate_si / peak if rate_si else None,
-            "batch_grad_dense": rate_bg / peak if rate_bg else None,
-            "training_grad_graphstuple": rate_tr / peak if rate_tr else None,
-        },
+        "workload": workload,
+        "model": model,
+        "n_train": n,
+        "n_test": mt,
+        "n_checkpoints": k,
+        "n_params": w.n_params,
+        "chunk_size": chunk_size,
+        "test_block": test_block,
+        "first_call_s": calls[0][0],
+        "first_call_compile_s": calls[0][1],
+        "steady_s": calls[1][0],
+        "steady_compile_s": calls[1][1],
+        "pairs_per_s": n * mt / calls[1][0],
+        "gram_flops": gram,
+        "gradient_flops": grads,
+        "all_finite": bool(np.isfinite(m).all()),
+        "peak_rss_gb": own_peak_rss_gb(),
+        "peak_rss_gb_after_imports": rss_start,
+        "peak_rss_source": "VmHWM of the subprocess (/proc/self/status)",
     }
 
 
-def _fmt_t(t: dict) -> str:
-    return f"{t['median_s']:.3g} ({t['min_s']:.3g}-{t['max_s']:.3g})"
+def bench_matrix(p: Preset, workload: str, matmul_rate: float) -> dict:
+    spec = WORKLOADS[workload]
+    out = _child(
+        "matrix",
+        {
+            "workload": workload,
+            "model": "edgeconv",
+            "k": p.n_checkpoints,
+            "lr": p.lr,
+            "seed": p.param_seed,
+            "chunk_size": spec.chunk_sizes[0],
+        },
+    )
+    total = out["gram_flops"] + out["gradient_flops"]
+    out["fraction_of_matmul"] = total / out["steady_s"] / 1e9 / matmul_rate
+    gram_rate = out["gram_flops"] / out["steady_s"] / 1e9
+    out["gram_only_fraction_of_matmul"] = gram_rate / matmul_rate
+    return out
 
 
-def _first(t: dict) -> str:
-    return f"{t['first_call_s']:.3g} ({t['first_call_compile_s']:.2g})"
+def cache_child(workload: str, model: str, k: int, lr: float, chunk_size: int, cache_dir: str):
+    """Runs in its own process: the first self-influence call with a persistent cache dir."""
+    t_start = time.perf_counter()
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    w = make_workload(WORKLOADS[workload], model, k, lr)
+    with CompileClock() as clock:
+        t0 = time.perf_counter()
+        tracin.self_influence(
+            layout_for(w.model), w.ckpts, w.train, chunk_size=chunk_size, progress=False
+        )
+        first = time.perf_counter() - t0
+    return {
+        "first_call_s": first,
+        "first_call_compile_s": clock.seconds,
+        "compile_breakdown_s": clock.totals,
+        "process_s": time.perf_counter() - t_start,
+    }
 
 
-def _mb(x) -> str:
-    return "n/a" if x is None else f"{x / 1e6:.1f}"
+def bench_cache(p: Preset, workload: str, model: str) -> dict:
+    cache_dir = tempfile.mkdtemp(prefix="hepattr-jax-cache-")
+    payload = {
+        "workload": workload,
+        "model": model,
+        "k": p.n_checkpoints,
+        "lr": p.lr,
+        "chunk_size": WORKLOADS[workload].chunk_sizes[0],
+        "cache_dir": cache_dir,
+    }
+    try:
+        runs = [_child("cache", payload) for _ in range(2)]
+        n_files = sum(len(f) for _, _, f in os.walk(cache_dir))
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    return {
+        "workload": workload,
+        "model": model,
+        "chunk_size": payload["chunk_size"],
+        "cold": runs[0],
+        "warm": runs[1],
+        "cache_entries": n_files,
+        "first_call_speedup": runs[0]["first_call_s"] / runs[1]["first_call_s"],
+    }
 
 
+# --------------------------------------------------------------------- report
 def _g(x, fmt=".3g") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
 def markdown(res: dict) -> str:
-    env, wl, si = res["environment"], res["workload"], res["self_influence"]
-    ref = si["reference_loop"]
+    env = res["environment"]
     lines = [
         f"# TracIn throughput: preset `{res['preset']}` on `{env['device_label']}`",
         "",
         f"- Date (UTC): {res['date_utc']}",
         f"- Command: `{res['command']}`",
-        f"- Device: {env['platform']} / {env['device_kind']} ({env['cpu_model']}, "
-        f"{env['cpu_count']} cores); load average before {res['loadavg_before']}, "
-        f"after {res['loadavg_after']}",
-        f"- jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, "
-        f"numpy {env['numpy']}, Python {env['python']}",
-        f"- Shapes: {wl['n_train']} train / {wl['n_test']} test events, n_node uniform in "
-        f"{wl['n_node_range']}, F = {wl['n_features']}, {wl['edges']}, P = {wl['n_params']}, "
-        f"K = {wl['n_checkpoints']} (eta_k = {wl['lr_k'][0]:g}), float32",
-        f"- Seeds: {wl['seeds']}",
-        f"- Total wall time {res['wall_s']:.0f} s; peak RSS {res['peak_rss_gb']:.2f} GB",
+        f"- Device: {env['platform']} / {env['device_kind']}; CPU {env['cpu_model']} "
+        f"({env['cpu_count']} cores); load average before {res['loadavg_before']}, after "
+        f"{res['loadavg_after']}",
+        f"- jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, numpy {env['numpy']}, "
+        f"Python {env['python']}",
+        f"- K = {res['n_checkpoints']} checkpoints (random, `fold_in(key({res['param_seed']}), "
+        f"k)`), eta_k = {res['lr']:g}, float32; medians of {res['repeats']} steady calls",
+        f"- Matmul {res['matmul']['size']}^3 float32: **{res['matmul']['gflops_per_s']:.1f} "
+        "GFLOP/s** (median of 5; the reference for every *fraction of matmul*)",
+        f"- Total wall time {res['wall_s']:.0f} s; peak RSS of this process "
+        f"{res['peak_rss_gb']:.2f} GB",
         "",
-        f"## Self-influence, K = {wl['n_checkpoints']}",
-        "",
-        "Times in seconds for all train events: median of "
-        f"{len(ref['times_s'])} steady calls (min-max); the first call (compile + run) apart, "
-        "with the seconds JAX spent tracing and compiling in it (jax.monitoring) in brackets.",
-        "",
-        "| method | chunk | events/s | steady s | first call s (compile) | speed-up vs loop "
-        "| max rel. diff vs loop | XLA temp MB | GFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| reference loop ({ref['n_events_timed']} events, extrapolated) | 1 "
-        f"| {ref['events_per_s']:.1f} | {ref['extrapolated_s_for_n_train']:.3g} (extrap.) "
-        f"| {_first(ref)} | 1 | 0 | n/a | n/a |",
     ]
-    for name in ("dense", "generic"):
-        for r in si[name]:
-            lines.append(
-                f"| {name} | {r['chunk_size']} | {r['events_per_s']:.0f} | {_fmt_t(r)} "
-                f"| {_first(r)} | {r['speedup_vs_reference']:.1f}x "
-                f"| {r['max_rel_diff_vs_reference']:.1e} "
-                f"| {_mb(r['xla_temp_bytes_max_over_buckets'])} "
-                f"| {_g(r.get('achieved_gflops_per_s'), '.1f')} |"
-            )
-    lines += ["", f"Reference loop: {ref['note']}; its subset took {_fmt_t(ref)} s.", ""]
-    lines += _overhead_md(res.get("overhead_ratio"))
-    lines += _flops_md(res.get("flops"))
-    lines += _matrix_md(res.get("influence_matrix"))
-    lines += _memory_md(res)
+    for name, wres in res["workloads"].items():
+        lines += _workload_md(name, wres, res["n_checkpoints"])
+    lines += _matrix_md(res["influence_matrix"])
+    lines += _cache_md(res["compilation_cache"])
     return "\n".join(lines) + "\n"
 
 
-def _overhead_md(o: dict | None) -> list[str]:
-    if o is None:
-        return []
-    pe, bg, tr = (
-        o["per_event_self_influence"],
-        o["batch_grad_dense"],
-        o["training_grad_graphstuple"],
-    )
-    return [
-        "## Overhead ratio (one checkpoint)",
-        "",
-        f"{o['n_events']} events, checkpoint 0, chunk {o['chunk_size']}; seconds as median "
-        "(min-max).",
-        "",
-        "| pass | steady s | first call s (compile) | ratio per-event / this |",
-        "|---|---|---|---|",
-        f"| per-event self-influence (dense) | {_fmt_t(pe)} | {_first(pe)} | 1 |",
-        f"| (i) batched gradient, same dense layout and chunks | {_fmt_t(bg)} "
-        f"| {_first(bg)} | **{o['ratio_vs_batch_grad_dense']:.2f}** |",
-        f"| (ii) training-style gradient, GraphsTuple batches of {tr['batch_size']} "
-        f"| {_fmt_t(tr)} | {_first(tr)} "
-        f"| **{o['ratio_vs_training_grad_graphstuple']:.2f}** |",
-        "",
-    ]
-
-
-def _flops_md(f: dict | None) -> list[str]:
-    if f is None:
-        return []
-    m, a, fr = f["matmul"], f["achieved_gflops_per_s"], f["fraction_of_matmul_rate"]
+def _workload_md(name: str, wres: dict, k: int) -> list[str]:
+    s = wres["shapes"]
     lines = [
-        "## FLOPs (XLA cost analysis) and achieved rate",
+        f"## {name}",
         "",
-        f"Per event per checkpoint, chunk {f['chunk_size']}; hand count = matmul FLOPs of "
-        "forward + backward (self-influence adds 2P for the squared norm).",
+        f"{s['n_train']} train / {s['n_test']} test events, n_node uniform in "
+        f"{s['n_node_range']} (train mean {s['n_node_mean_train']:.1f}), {s['edges']} edges "
+        f"(train mean {s['n_edge_mean_train']:.0f} per event), {s['n_features']} features.",
         "",
-        "| n_node | XLA self-influence MFLOP | hand MFLOP | ratio | XLA batch-grad MFLOP | ratio |",
+        f"Exact self-influence (K = {k}) of all train events through the engine, best chunk size; "
+        "events/s from the steady median; compile s = seconds JAX compiled in the first call "
+        "(its share of that first pass in brackets); waste = the bucket plan's padding share; "
+        "overhead ratio = self-influence time per checkpoint / one training-gradient pass; "
+        "speed-up = engine events/s / reference loop events/s (both exclude compilation).",
+        "",
+        "| model | P | chunk | events/s | first call s | compile s (share) | shapes | waste "
+        "| useful GFLOP/s | fraction of matmul | overhead ratio | speed-up vs reference loop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in wres["models"].values():
+        for r in m["self_influence"]:
+            best = r["chunk_size"] == m["best_chunk_size"]
+            lines.append(
+                f"| {m['model']} | {m['n_params']} | {r['chunk_size']} "
+                f"| {'**' if best else ''}{r['events_per_s']:.0f}{'**' if best else ''} "
+                f"| {r['first_call_s']:.1f} "
+                f"| {r['first_call_compile_s']:.1f} ({r['compile_share_of_first_pass']:.0%}) "
+                f"| {m['n_compiled_shapes']} | {m['padding_waste']:.1%} "
+                f"| {r['useful_gflops_per_s']:.1f} | {r['fraction_of_matmul']:.2f} "
+                + (
+                    f"| {m['overhead_ratio']:.2f} | {m['speedup_vs_reference']:.1f}x |"
+                    if best
+                    else "| | |"
+                )
+            )
+    lines += [
+        "",
+        "Baselines (same events, same run; steady medians, compilation excluded):",
+        "",
+        "| model | training gradient events/s | its useful GFLOP/s (fraction) | batch budget "
+        "(padding share of nodes) | reference loop events/s (subset, shapes) "
+        "| max rel. diff engine vs loop |",
         "|---|---|---|---|---|---|",
     ]
-    for r in f["per_node_count"]:
+    for m in wres["models"].values():
+        tr, ref = m["training_grad"], m["reference_loop"]
         lines.append(
-            f"| {r['n_node']} | {r['xla_self_influence_flops_per_event'] / 1e6:.2f} "
-            f"| {r['hand_self_influence_flops_per_event'] / 1e6:.2f} "
-            f"| {r['ratio_xla_over_hand_self_influence']:.2f} "
-            f"| {r['xla_batch_grad_flops_per_event'] / 1e6:.2f} "
-            f"| {r['ratio_xla_over_hand_batch_grad']:.2f} |"
+            f"| {m['model']} | {tr['events_per_s']:.0f} | {tr['useful_gflops_per_s']:.1f} "
+            f"({tr['fraction_of_matmul']:.2f}) | {tr['batch_size']} events, "
+            f"{tr['budget']['n_node']} nodes, {tr['budget']['n_edge']} edges "
+            f"({tr['padding_node_share']:.0%}) | {ref['events_per_s']:.1f} "
+            f"({ref['n_events_timed']} events, {ref['n_shapes']} shapes) "
+            f"| {m['max_rel_diff_vs_reference']:.1e} |"
         )
-    mo = f["mean_over_train"]
     lines += [
-        f"| mean | {mo['xla_self_influence_flops_per_event'] / 1e6:.2f} "
-        f"| {mo['hand_self_influence_flops_per_event'] / 1e6:.2f} | "
-        f"| {mo['xla_batch_grad_flops_per_event'] / 1e6:.2f} | |",
         "",
-        "| kernel | achieved GFLOP/s | fraction of matmul rate |",
-        "|---|---|---|",
-        f"| matmul {m['size']}^3 float32 (median {m['median_s']:.3g} s) "
-        f"| {m['gflops_per_s']:.1f} | 1 |",
+        "XLA cost analysis beside the hand count, per bucket (one chunk of the self-influence "
+        "kernel at the best chunk size; MFLOP per chunk slot per checkpoint; the hand count at the "
+        "bucket's padded shape; XLA also counts elementwise work and the model's executed, "
+        "not minimal, factorised layer):",
+        "",
+        "| model | bucket n_node x width (events) | XLA MFLOP | hand MFLOP (padded) | ratio "
+        "| hand MFLOP (real, mean) | XLA temp MB |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for k in ("self_influence_dense", "batch_grad_dense", "training_grad_graphstuple"):
-        lines.append(f"| {k} | {_g(a[k], '.1f')} | {_g(fr[k], '.2f')} |")
+    for m in wres["models"].values():
+        for b in m["xla_crosscheck"]:
+            temp = b["xla_temp_bytes"]
+            lines.append(
+                f"| {m['model']} | {b['n_node']} x {b['width']} ({b['n_events']}) "
+                f"| {_g(b['xla_flops_per_slot'] and b['xla_flops_per_slot'] / 1e6)} "
+                f"| {b['hand_flops_padded_shape'] / 1e6:.3g} "
+                f"| {_g(b['ratio_xla_over_hand'], '.2f')} "
+                f"| {b['hand_flops_real_mean'] / 1e6:.3g} | {_g(temp and temp / 1e6, '.1f')} |"
+            )
     return lines + [""]
 
 
-def _matrix_md(m: dict | None) -> list[str]:
-    if m is None:
-        return []
-    if m.get("skipped"):
-        return ["## Train x test influence matrix", "", "Skipped (`--skip-matrix`).", ""]
-    return [
-        "## Train x test influence matrix (exact)",
+def _matrix_md(mres: dict) -> list[str]:
+    lines = ["## Exact train x test influence matrix (edgeconv)", ""]
+    if mres.get("skipped"):
+        return lines + ["Skipped (`--skip-matrix`).", ""]
+    lines += [
+        "Own subprocess (peak RSS = its VmHWM); first call (with compilation) then one steady "
+        "call; fraction of matmul = (Gram products + all gradients, useful FLOPs) / steady s.",
         "",
-        f"{m['n_train']} x {m['n_test']} pairs, K = {m['n_checkpoints']}, chunk "
-        f"{m['chunk_size']}, test block {m['test_block']}: **{m['seconds_total']:.1f} s** "
-        f"in all ({m['pairs_per_s_total']:.3g} pairs/s, compilation included); of which "
-        f"compilation {m['compile_s']:.1f} s, so "
-        f"{m['pairs_per_s_excluding_compile']:.3g} pairs/s without it.",
-        "",
+        "| workload | pairs | first call s (compile) | steady s | pairs/s | Gram TFLOP "
+        "| gradient TFLOP | fraction of matmul | peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    for name, m in mres.items():
+        lines.append(
+            f"| {name} | {m['n_train']} x {m['n_test']} | {m['first_call_s']:.1f} "
+            f"({m['first_call_compile_s']:.1f}) | {m['steady_s']:.1f} | {m['pairs_per_s']:.3g} "
+            f"| {m['gram_flops'] / 1e12:.3g} | {m['gradient_flops'] / 1e12:.3g} "
+            f"| {m['fraction_of_matmul']:.2f} | {m['peak_rss_gb']:.2f} |"
+        )
+    return lines + [""]
 
 
-def _memory_md(res: dict) -> list[str]:
-    lines = ["## Memory", "", "| phase | peak RSS so far (GB) |", "|---|---|"]
-    for phase, gb in res["peak_rss_gb_after"].items():
-        lines.append(f"| {phase} | {gb:.2f} |")
-    ms = res.get("memory_scaling")
-    lines.append("")
-    if ms is None or ms.get("skipped"):
-        return lines + ["Memory scaling skipped (`--skip-memory-scaling`).", ""]
+def _cache_md(c: dict) -> list[str]:
+    lines = ["## Persistent compilation cache across processes", ""]
+    if c.get("skipped"):
+        return lines + ["Skipped (`--skip-cache-check`).", ""]
     return lines + [
-        f"Memory scaling (own subprocess): {ms['generator']}, {ms['edges']} graphs of "
-        f"{ms['n_node_range'][0]}-{ms['n_node_range'][1]} nodes, F = {ms['n_features']}, "
-        f"P = {ms['n_params']}, K = {ms['n_checkpoints']}, chunk {ms['chunk_size']} "
-        f"({ms['layout']}): peak RSS **{ms['peak_rss_gb']:.2f} GB** (after imports "
-        f"{ms['peak_rss_gb_after_imports']:.2f}, after data {ms['peak_rss_gb_after_data']:.2f}); "
-        f"wall {ms['wall_s']:.1f} s (data {ms['data_s']:.1f} s, self-influence "
-        f"{ms['self_influence_s']:.1f} s of which compilation "
-        f"{ms['self_influence_compile_s']:.1f} s; "
-        f"{ms['events_per_s_excluding_compile']:.0f} events/s without compilation).",
+        f"Two fresh processes, one after the other, each with `jax_compilation_cache_dir` set "
+        f"to the same new directory (`jax_persistent_cache_min_compile_time_secs = 0`), each "
+        f"timing its first self-influence call ({c['model']} on {c['workload']}, chunk "
+        f"{c['chunk_size']}):",
+        "",
+        "| process | first call s | of which compiling s | process s |",
+        "|---|---|---|---|",
+        f"| first (cache empty) | {c['cold']['first_call_s']:.1f} "
+        f"| {c['cold']['first_call_compile_s']:.1f} | {c['cold']['process_s']:.1f} |",
+        f"| second (cache filled, {c['cache_entries']} entries) | {c['warm']['first_call_s']:.1f} "
+        f"| {c['warm']['first_call_compile_s']:.1f} | {c['warm']['process_s']:.1f} |",
+        "",
+        f"First-call speed-up from the cache: {c['first_call_speedup']:.2f}x.",
         "",
     ]
+
+
+def output_stem(res: dict, out_dir: Path) -> Path:
+    tag = "" if res["preset"] == "ref" else f"{res['preset']}_"
+    return out_dir / f"tracin_throughput_{tag}{res['environment']['device_label']}"
 
 
 def write_results(res: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "" if res["preset"] == "ref-edgeconv" else f"{res['preset']}_"
-    stem = out_dir / f"tracin_throughput_{tag}{res['environment']['device_label']}"
+    stem = output_stem(res, out_dir)
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     json_path.write_text(json.dumps(res, indent=2) + "\n")
     md_path.write_text(markdown(res))
@@ -902,79 +878,136 @@ def write_results(res: dict, out_dir: Path) -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------- driver
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(x for x in text.split(",") if x)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="ref-edgeconv")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="ref")
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--skip-memory-scaling", action="store_true")
+    ap.add_argument("--workloads", help="comma-separated subset of the preset's workloads")
+    ap.add_argument("--models", help=f"comma-separated subset of {','.join(MODEL_NAMES)}")
+    ap.add_argument(
+        "--chunks",
+        action="append",
+        default=[],
+        help="WORKLOAD=C1,C2: self-influence chunk sizes for that workload (repeatable)",
+    )
+    ap.add_argument("--matrix-workloads", help="workloads of the exact matrix (edgeconv)")
     ap.add_argument("--skip-matrix", action="store_true")
-    ap.add_argument("--memory-child", help=argparse.SUPPRESS)  # internal: JSON of kwargs
+    ap.add_argument("--skip-cache-check", action="store_true")
+    ap.add_argument("--matrix-child", help=argparse.SUPPRESS)  # internal: JSON of kwargs
+    ap.add_argument("--cache-child", help=argparse.SUPPRESS)  # internal: JSON of kwargs
     return ap.parse_args(argv)
 
 
-def run_benchmark(p: Preset, args: argparse.Namespace) -> dict:
+def _command(argv) -> str:
+    return " ".join(["python benchmarks/tracin_throughput.py", *(argv or sys.argv[1:])])
+
+
+def run_benchmark(p: Preset, args: argparse.Namespace, argv=None) -> dict:
     t_start = time.perf_counter()
+    workloads = _csv(args.workloads) or p.workloads
+    models = _csv(args.models) or p.models
+    chunks = {
+        wl: tuple(int(c) for c in cs.split(","))
+        for wl, cs in (item.split("=", 1) for item in args.chunks)
+    }
+    for name in (*workloads, *chunks):
+        if name not in WORKLOADS:
+            raise SystemExit(f"unknown workload {name!r}; choose from {sorted(WORKLOADS)}")
+    for name in models:
+        if name not in MODEL_NAMES:
+            raise SystemExit(f"unknown model {name!r}; choose from {MODEL_NAMES}")
     res: dict = {
         "benchmark": "tracin_throughput",
         "preset": p.name,
         "preset_settings": dataclasses.asdict(p),
-        "command": _command(args),
+        "command": _command(argv),
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_before": loadavg(),
         "environment": environment(),
+        "n_checkpoints": p.n_checkpoints,
+        "lr": p.lr,
+        "param_seed": p.param_seed,
+        "repeats": p.repeats,
+        "dtype": "float32",
     }
-    rss: dict[str, float] = {"start": peak_rss_gb()}
-    w = make_workload(p)
-    res["workload"] = workload_info(p, w)
-    rss["workload"] = peak_rss_gb()
-    # First, so that a failure shows early; its own process, so its own peak RSS.
-    if args.skip_memory_scaling:
-        res["memory_scaling"] = {"skipped": True}
-    else:
-        print(f"[{p.name}] memory scaling ({p.memory_scaling_events} events)", flush=True)
-        res["memory_scaling"] = bench_memory_scaling(p)
-    print(f"[{p.name}] self-influence", flush=True)
-    res["self_influence"] = bench_self_influence(p, w)
-    rss["self_influence"] = peak_rss_gb()
-    print(f"[{p.name}] overhead ratio", flush=True)
-    res["overhead_ratio"] = bench_overhead(p, w)
-    rss["overhead_ratio"] = peak_rss_gb()
-    print(f"[{p.name}] matmul + FLOPs", flush=True)
+    print(f"[{p.name}] matmul {p.matmul_size}^3", flush=True)
     matmul = bench_matmul(p.matmul_size, p.repeats)
-    res["flops"] = flop_summary(p, w, res["self_influence"], res["overhead_ratio"], matmul)
+    res["matmul"] = matmul
+    rate = matmul["gflops_per_s"]
+    res["xla_scan_cost_counts_trips"] = scan_cost_counts_trips()
+    res["workloads"] = {}
+    for wl in workloads:
+        spec = WORKLOADS[wl]
+        t0 = time.perf_counter()
+        train, test = make_graphs(spec)
+        wres: dict = {
+            "spec": dataclasses.asdict(spec),
+            "shapes": {
+                "n_train": len(train),
+                "n_test": len(test),
+                "n_node_range": list(spec.n_node_range),
+                "n_node_mean_train": float(train.events.n_node.mean()),
+                "n_edge_mean_train": float(train.n_edge.mean()),
+                "edges": spec.edges,
+                "n_features": spec.n_features,
+                "coord_spread": spec.coord_spread,
+                "generator": "hepattr_jax.data.synthetic.random_events"
+                + (
+                    f", features 0 and 1 scaled by {spec.coord_spread}" if spec.coord_spread else ""
+                ),
+                "seeds": {"train": spec.train_seed, "test": spec.test_seed},
+            },
+            "data_s": time.perf_counter() - t0,
+            "models": {},
+        }
+        res["workloads"][wl] = wres
+        for model_name in models:
+            tag = f"{wl}/{model_name}"
+            print(f"[{p.name}] {tag}", flush=True)
+            w = make_workload(spec, model_name, p.n_checkpoints, p.lr, p.param_seed)
+            wres["models"][model_name] = bench_model(
+                p, w, chunks.get(wl, spec.chunk_sizes), rate, tag
+            )
+    res["peak_rss_gb_before_subprocesses"] = peak_rss_gb()
+    matrix_wls = _csv(args.matrix_workloads) or p.matrix_workloads
     if args.skip_matrix:
         res["influence_matrix"] = {"skipped": True}
     else:
-        print(f"[{p.name}] influence matrix", flush=True)
-        res["influence_matrix"] = bench_matrix(p, w)
-        rss["influence_matrix"] = peak_rss_gb()
-    res["peak_rss_gb_after"] = rss
+        res["influence_matrix"] = {}
+        for wl in matrix_wls:
+            print(f"[{p.name}] exact matrix on {wl} (subprocess)", flush=True)
+            m = bench_matrix(p, wl, rate)
+            res["influence_matrix"][wl] = m
+            print(
+                f"  steady {m['steady_s']:.1f} s, first call {m['first_call_s']:.1f} s, "
+                f"peak RSS {m['peak_rss_gb']:.2f} GB",
+                flush=True,
+            )
+    if args.skip_cache_check:
+        res["compilation_cache"] = {"skipped": True}
+    else:
+        print(f"[{p.name}] persistent compilation cache (2 subprocesses)", flush=True)
+        res["compilation_cache"] = bench_cache(p, *p.cache_check)
     res["peak_rss_gb"] = peak_rss_gb()
-    res["device_peak_bytes"] = device_peak_bytes()
-    res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    res["loadavg_after"] = loadavg()
     res["wall_s"] = time.perf_counter() - t_start
     return res
-
-
-def _command(args: argparse.Namespace) -> str:
-    parts = [
-        "python benchmarks/tracin_throughput.py",
-        f"--preset {args.preset}",
-        f"--out {args.out}",
-    ]
-    parts += ["--skip-memory-scaling"] if args.skip_memory_scaling else []
-    parts += ["--skip-matrix"] if args.skip_matrix else []
-    return " ".join(parts)
 
 
 def main(argv=None) -> dict:
     """Runs the benchmark, writes the JSON and markdown results, returns the results dict."""
     args = parse_args(argv)
-    if args.memory_child:
-        out = memory_child(**json.loads(args.memory_child))
-        print(json.dumps(out))
-        return out
-    res = run_benchmark(PRESETS[args.preset], args)
+    for mode, fn in (("matrix", matrix_child), ("cache", cache_child)):
+        payload = getattr(args, f"{mode}_child")
+        if payload:
+            out = fn(**json.loads(payload))
+            print(json.dumps(out))
+            return out
+    res = run_benchmark(PRESETS[args.preset], args, argv)
     json_path, md_path = write_results(res, Path(args.out))
     res["files"] = {"json": str(json_path), "markdown": str(md_path)}
     print(md_path.read_text())
