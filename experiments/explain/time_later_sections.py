@@ -2,7 +2,7 @@
 correlation-aware importance, constituent-level coverage) at a fixed event count: the run's
 test jets tiled to ``--n-events``, as the report's ``--timing-events`` does for sections 1-2.
 
-    python experiments/explain/time_later_sections.py runs/explain_qg --n-events 10000
+    python -m experiments.explain.time_later_sections runs/explain_qg --n-events 10000
 
 Prints one JSON object. The plain permutation importance that section 8 sits beside is part of
 section 1 and timed there; it is computed here first (and reported) because section 8 reads it.
