@@ -317,6 +317,15 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
     text = (out / "report.md").read_text()
     for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Timing"):
         assert section in text
+    # sections 7-9 (LRP, correlations, constituents): no pT fraction or angles in these events
+    later = r["later_sections"]
+    for rule in ("epsilon", "gamma"):
+        assert later["lrp"][rule]["conservation_max_rel_gap"] < 1e-4
+    assert set(later["correlated"]["features"]) == {"x0", "x1", "x2", "x3", "g0", "g1"}
+    assert later["constituents"]["constituent_quantities"] == []
+    assert "no pT-fraction node feature" in text
+    for section in ("## 7.", "## 8.", "## 9."):
+        assert section in text
     # bad input is named
     assert cli.main(["explain", str(run_dir), "--q", "1.5"]) == 2
     assert "--q" in capsys.readouterr().err

@@ -204,6 +204,39 @@ class BatchedPredictor:
         out = self._logits(*self._inputs(events))
         return np.asarray(out)[self._mask].astype(np.float64)
 
+    # ----------------------------------------------------------------- any per-batch function
+    def map_batches(self, fn: Callable) -> Callable:
+        """``fn(params, graphs, valid) -> pytree`` on every padded batch, inside one ``jit``.
+
+        ``graphs`` is one padded batch (the layout of :meth:`GraphSet.training_batch`) and
+        ``valid`` bool ``[n_graph]`` marks its real graphs. Returns ``run(events=None)`` giving
+        the outputs stacked over batches (leading axis ``nb``, device arrays); read them back per
+        event with :meth:`per_event` or per node with :meth:`per_node`. Compiles once.
+        """
+        n = len(self.gs)
+
+        def run(params, nodes, globals_, packed):
+            nodes_ext, globals_ext = _extend(nodes, globals_)
+            return jax.lax.map(
+                lambda p: fn(params, _graphs(nodes_ext, globals_ext, p), p.graph_rows < n), packed
+            )
+
+        jitted = jax.jit(run)
+        return lambda events=None: jitted(*self._inputs(events))
+
+    def per_event(self, out) -> np.ndarray:
+        """``[nb, n_graph, ...]`` batch outputs -> ``[N, ...]`` in stored event order."""
+        return np.asarray(out)[self._mask]
+
+    def per_node(self, out) -> np.ndarray:
+        """``[nb, n_node, ...]`` batch outputs -> ``[sum_i n_i, ...]`` rows of ``events.nodes``."""
+        out = np.asarray(out)
+        rows = self._packed.node_rows
+        real = rows < len(self.gs.events.nodes)
+        flat = np.zeros((len(self.gs.events.nodes),) + out.shape[2:], out.dtype)
+        flat[rows[real]] = out[real]
+        return flat
+
     # ----------------------------------------------------------------- activations
     def _activations_fn(self):
         model, budget = self.model, self.budget

@@ -32,6 +32,7 @@ from hepattr_jax.explain.coverage import (
 from hepattr_jax.explain.features import Groups, feature_means, make_groups
 from hepattr_jax.explain.importance import masking_importance, permutation_importance
 from hepattr_jax.explain.predict import LATENT, BatchedPredictor, bce
+from hepattr_jax.explain.sections import render_sections, run_sections
 from hepattr_jax.explain.shapley import aggregate_shapley, shapley_values
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_text
 from hepattr_jax.metrics import auroc
@@ -318,6 +319,27 @@ def explain_run(
             progress=progress,
         )
 
+    # ---- sections 7-9: LRP, correlation-aware importance, constituent-level coverage
+    later, later_figs = timed(
+        "sections_7_9",
+        run_sections,
+        run.model,
+        params,
+        gs,
+        predictor,
+        feature_groups,
+        baseline,
+        perm,
+        phys,
+        {qn: layer_cov[LATENT][qn]["coverage"] for qn in phys},
+        out,
+        normalizer=run.data.normalizer,
+        repeats=repeats,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
     # ---- figures
     figs = {
         "importance": plots.importance(perm, mask, out / "importance.png"),
@@ -372,6 +394,7 @@ def explain_run(
         ),
         "influence_split": plots.influence_split(split, out / "kept_vs_discarded.png"),
     }
+    figs.update(later_figs)
     timings["total"] = time.perf_counter() - t_start
 
     result = {
@@ -444,6 +467,7 @@ def explain_run(
             "store": str(si_dir),
             **split,
         },
+        "later_sections": later,
         "timing_seconds": timings,
         "timing_fixed_events": timing,
         "figures": {k: Path(v).name for k, v in figs.items()},
@@ -738,6 +762,7 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
             f"({tf['permutation_predictions']} predictions), Shapley {tf['shapley']:.1f} s "
             f"({tf['shapley_predictions']} coalitions, {tf['shapley_method']}).",
         ]
+    lines += render_sections(r.get("later_sections"))
     return "\n".join(lines) + "\n"
 
 
