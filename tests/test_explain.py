@@ -315,8 +315,15 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
     for fig in r["figures"].values():
         assert (out / fig).stat().st_size > 1000
     text = (out / "report.md").read_text()
-    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Timing"):
+    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## Timing"):
         assert section in text
+    # clusters section: 40 training events are too few for UMAP, which is skipped with a sentence
+    c = r["clusters"]
+    assert c["n_events"] == 40 and set(c["spaces"]) == {"latent", "gradient"}
+    assert any("UMAP and DBSCAN skipped" in m for m in c["skipped"]), c["skipped"]
+    assert sum(row["n"] for row in c["spaces"]["gradient"]["kmeans"]["clusters"]) == 40
+    for fig in c["figures"].values():
+        assert (out / fig).stat().st_size > 1000
     # bad input is named
     assert cli.main(["explain", str(run_dir), "--q", "1.5"]) == 2
     assert "--q" in capsys.readouterr().err

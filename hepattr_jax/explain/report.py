@@ -22,6 +22,7 @@ import numpy as np
 
 from hepattr_jax.explain import plots
 from hepattr_jax.explain.activations import activation_patterns, correlations, pca
+from hepattr_jax.explain.cluster_report import clusters_section, render_clusters
 from hepattr_jax.explain.coverage import (
     coverage_per_dimension,
     information_coverage,
@@ -298,6 +299,21 @@ def explain_run(
             progress=False,
         )
     timings["influence_split"] = time.perf_counter() - t0
+    clusters = timed(
+        "clusters",
+        clusters_section,
+        run.model,
+        params,
+        run.checkpoints.select([k_best]),
+        train,
+        si.total,
+        keep,
+        out,
+        n_events=n_events or 10_000,
+        seed=seed,
+        class_names=cnames,
+        progress=progress,
+    )
 
     # ---- timing at a fixed event count (test events tiled)
     timing = None
@@ -444,6 +460,7 @@ def explain_run(
             "store": str(si_dir),
             **split,
         },
+        "clusters": clusters,
         "timing_seconds": timings,
         "timing_fixed_events": timing,
         "figures": {k: Path(v).name for k, v in figs.items()},
@@ -715,10 +732,10 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
         )
     for q in k["physics_mean"]:
         lines.append(f"| mean {q} | {k['physics_mean'][q]:.3f} | {d['physics_mean'][q]:.3f} |")
+    lines += ["", "![kept vs discarded](kept_vs_discarded.png)"]
+    lines += render_clusters(r.get("clusters"), cnames)
     t = r["timing_seconds"]
     lines += [
-        "",
-        "![kept vs discarded](kept_vs_discarded.png)",
         "",
         "## Timing",
         "",
