@@ -44,7 +44,7 @@ def test_dbscan_recovers_mixture_with_knee_eps():
     assert ari > 0.99, ari  # measured 1.000 on the non-noise points
 
 
-@pytest.mark.slow  # UMAP's numba compilation: ~20 s idle, over 2 min on the loaded 2-core CPU
+@pytest.mark.slow  # UMAP compiles with numba on first use: 2+ min on the loaded 2-core CPU
 def test_embeddings_separate_mixture():
     x, truth = mixture(n_per=60, k=3, d=8, sep=10.0, seed=5)
     for emb in (
