@@ -42,9 +42,15 @@ def pca_embedding(x: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.
 
 
 def umap_embedding(
-    x: np.ndarray, *, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0
+    x: np.ndarray,
+    *,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    n_epochs: int | None = None,
+    seed: int = 0,
 ) -> np.ndarray:
-    """UMAP ``[N, 2]`` of standardised ``x`` (umap-learn; seeded, hence single-threaded)."""
+    """UMAP ``[N, 2]`` of standardised ``x`` (umap-learn; seeded, hence single-threaded;
+    ``n_epochs`` None: umap's default, 500 below 10,000 events)."""
     import warnings
 
     import umap
@@ -55,18 +61,23 @@ def umap_embedding(
             n_components=2,
             n_neighbors=min(n_neighbors, len(x) - 1),
             min_dist=min_dist,
+            n_epochs=n_epochs,
             random_state=seed,
         )
         return np.asarray(red.fit_transform(standardize(x)), np.float64)
 
 
-def tsne_embedding(x: np.ndarray, *, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
-    """t-SNE ``[N, 2]`` of standardised ``x`` (scikit-learn, PCA initialisation)."""
+def tsne_embedding(
+    x: np.ndarray, *, perplexity: float = 30.0, max_iter: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """t-SNE ``[N, 2]`` of standardised ``x`` (scikit-learn, Barnes-Hut, PCA initialisation)."""
     from sklearn.manifold import TSNE
 
     perp = min(perplexity, (len(x) - 1) / 3)
     return np.asarray(
-        TSNE(2, perplexity=perp, init="pca", random_state=seed).fit_transform(standardize(x)),
+        TSNE(2, perplexity=perp, init="pca", max_iter=max_iter, random_state=seed).fit_transform(
+            standardize(x)
+        ),
         np.float64,
     )
 
@@ -88,8 +99,10 @@ def knee(x: Sequence[float], y: Sequence[float], *, decreasing: bool = True) -> 
     return int(np.argmax(chord - ys))
 
 
-def kmeans_elbow(x: np.ndarray, ks: Sequence[int], *, seed: int = 0, progress=None) -> dict:
-    """k-means (scikit-learn, 4 initialisations) of ``x [N, D]`` for each ``k`` in ``ks``:
+def kmeans_elbow(
+    x: np.ndarray, ks: Sequence[int], *, n_init: int = 4, seed: int = 0, progress=None
+) -> dict:
+    """k-means (scikit-learn, ``n_init`` initialisations) of ``x [N, D]`` for each ``k`` in ``ks``:
     ``{"k": ks, "inertia": [len(ks)], "k_elbow", "labels": [N] at k_elbow}``. ``progress``:
     an optional callable run after each k (a progress bar's ``update``)."""
     from sklearn.cluster import KMeans
@@ -98,7 +111,7 @@ def kmeans_elbow(x: np.ndarray, ks: Sequence[int], *, seed: int = 0, progress=No
     ks = [int(k) for k in ks if k <= len(x)]
     inertia, labels = [], {}
     for k in ks:
-        km = KMeans(k, n_init=4, random_state=seed).fit(x)
+        km = KMeans(k, n_init=n_init, random_state=seed).fit(x)
         inertia.append(float(km.inertia_))
         labels[k] = km.labels_.astype(np.int64)
         if progress is not None:

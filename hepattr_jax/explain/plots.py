@@ -280,7 +280,8 @@ def influence_split(summary: dict, path) -> Path:
 
 def embeddings_grid(embeddings: dict, colours: dict, path, title: str) -> Path:
     """Rows: the 2-D embeddings ``{name: (coords [n, 2], positions [n])}`` (PCA, UMAP, t-SNE);
-    columns: the colourings ``{name: (values [N], cmap)}`` indexed by ``positions``."""
+    columns: the colourings ``{name: (values [N], cmap)}`` indexed by ``positions``. Axes span
+    the central 99 % of each embedding (a few extreme events would squash the rest)."""
     rows, cols = list(embeddings), list(colours)
     fig, ax = plt.subplots(
         len(rows), len(cols), figsize=(3.2 * len(cols), 3.0 * len(rows)), squeeze=False
@@ -308,6 +309,10 @@ def embeddings_grid(embeddings: dict, colours: dict, path, title: str) -> Path:
             )
             a.set_xticks([])
             a.set_yticks([])
+            (x0, x1), (y0, y1) = np.percentile(xy, [0.5, 99.5], axis=0).T  # outliers off-frame
+            pad = 0.05 * max(x1 - x0, y1 - y0, 1e-12)
+            a.set_xlim(x0 - pad, x1 + pad)
+            a.set_ylim(y0 - pad, y1 + pad)
             if i == 0:
                 a.set_title(cn, fontsize=9)
             if j == 0:
