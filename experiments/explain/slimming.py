@@ -34,7 +34,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from hepattr_jax.config import load_config
+from hepattr_jax.config import load_config, load_run_config
 from hepattr_jax.environment import hardware
 from hepattr_jax.explain import activation_patterns
 from hepattr_jax.explain import slimming as sl
@@ -57,7 +57,11 @@ RUNS = Path("runs/slim")
 def train_or_load(config, run_dir: Path, data) -> dict:
     """Trains ``config`` in ``run_dir`` unless it finished there before; its metrics."""
     metrics = run_dir / "metrics.json"
-    if metrics.exists() and json.loads(metrics.read_text()).get("epochs_run") == config.epochs:
+    if (
+        metrics.exists()
+        and load_run_config(run_dir).fingerprint() == config.fingerprint()
+        and json.loads(metrics.read_text()).get("epochs_run") == config.epochs
+    ):
         return json.loads(metrics.read_text())
     t0 = time.perf_counter()
     m = train(config, run_dir, data=data, progress=False)
@@ -82,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--runs", type=Path, default=RUNS)
     ap.add_argument("--epochs", type=int, help="override the config's epochs")
+    ap.add_argument(
+        "--budget", type=float, default=BUDGET, help="largest parameter fraction of the full model"
+    )
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     base = load_config(CONFIG)
@@ -105,13 +112,17 @@ def main(argv=None) -> int:
         # train CONFIG`)
         extra = {} if kwargs == full else kwargs
         cfg = base.replace(seed=seed, model_kwargs={**base.model_kwargs, **extra})
-        m = train_or_load(cfg, args.runs / f"{name}_s{seed}", data)
+        tag = name if name == "full" or args.budget == BUDGET else f"b{args.budget}_{name}"
+        run_dir = args.runs / f"{tag}_s{seed}"
+        m = train_or_load(cfg, run_dir, data)
+        hist = json.loads((run_dir / "history.json").read_text())
         return {
             "seed": seed,
             "kwargs": kwargs,
             "n_params": m["n_params"],
             "auroc": m["test"]["auroc"],
             "loss": m["test"]["loss"],
+            "train_seconds": float(sum(h["seconds"] for h in hist)),
         }
 
     results: dict[str, list] = {"full": []}
@@ -121,14 +132,15 @@ def main(argv=None) -> int:
     table = sl.layer_table(pats, model, full)
     grid = [(k, count(k)) for k in sl.candidates(model, full, STEP)]
     n_full = count(full)
-    nap, ranked = sl.nap_choice(pats, model, full, grid, int(BUDGET * n_full))
+    nap, ranked = sl.nap_choice(pats, model, full, grid, int(args.budget * n_full))
     n_nap = count(nap)
     uni = sl.uniform_choice(full, count, n_nap)
     print(f"NAP {nap} ({n_nap}), uniform {uni} ({count(uni)})", flush=True)
     for seed in SEEDS[1:]:
         results["full"].append(run("full", full, seed))
     results["nap"] = [run("nap", nap, s) for s in SEEDS]
-    results["uniform"] = [run("uniform", uni, s) for s in SEEDS]
+    # the NAP score may pick the uniform shrink itself: the same runs, not trained twice
+    results["uniform"] = results["nap"] if uni == nap else [run("uniform", uni, s) for s in SEEDS]
     results["random"] = []
     for s in SEEDS:
         k = sl.random_choice(
@@ -159,16 +171,21 @@ def main(argv=None) -> int:
         verdict["nap_minus_full"] > 0
     )
     verdict["better_than_random"] = verdict["nap_minus_random"] > 0
+    # standard error of a difference of two 3-seed means: is "better" more than seed noise?
+    for other in ("full", "random", "uniform"):
+        se = np.sqrt((s["nap"]["auroc_std"] ** 2 + s[other]["auroc_std"] ** 2) / len(SEEDS))
+        verdict[f"nap_minus_{other}_se"] = float(se)
     out = {
         "date": datetime.date.today().isoformat(),
         "command": "nice -n 15 .venv/bin/python -m experiments.explain.slimming"
-        + (f" --epochs {args.epochs}" if args.epochs else ""),
+        + (f" --epochs {args.epochs}" if args.epochs else "")
+        + (f" --budget {args.budget} --out {args.out}" if args.budget != BUDGET else ""),
         "hardware": hardware(),
         "jax": jax.__version__,
         "config": CONFIG,
         "epochs": base.epochs,
         "seeds": list(SEEDS),
-        "budget_fraction": BUDGET,
+        "budget_fraction": args.budget,
         "grid_step": STEP,
         "random_tolerance": TOL,
         "full_kwargs": full,
@@ -195,7 +212,9 @@ def render(r: dict) -> str:
         "# NAP-guided slimming: quark/gluon jets, EdgeConv",
         "",
         f"Date {r['date']}; {r['hardware']}, jax {r['jax']}; seeds {r['seeds']}; "
-        f"`{r['config']}`, {r['epochs']} epochs; {r['seconds'] / 60:.0f} min in all.",
+        f"`{r['config']}`, {r['epochs']} epochs; training {_train_minutes(r):.0f} min in all "
+        "(sum of the epochs' wall-clock, under `nice -n 15` beside four other engineers' jobs: "
+        "load average 8-19 on the 2 cores).",
         f"Command: `{r['command']}`",
         "",
         "| model | knobs (hidden, blocks, readout) | parameters | test AUROC (mean ± std, 3 "
@@ -223,7 +242,9 @@ def render(r: dict) -> str:
         f"{v['nap_minus_full']:+.4f} (acceptance: within 0.005: "
         f"{'yes' if v['within_0.005_of_full'] else 'no'}), minus random "
         f"{v['nap_minus_random']:+.4f} (better: {'yes' if v['better_than_random'] else 'no'}), "
-        f"minus uniform {v['nap_minus_uniform']:+.4f}.",
+        f"minus uniform {v['nap_minus_uniform']:+.4f}. Standard errors of these differences "
+        f"(3 seeds each): {v['nap_minus_full_se']:.4f}, {v['nap_minus_random_se']:.4f}, "
+        f"{v['nap_minus_uniform_se']:.4f}.",
         "",
         "Layers of the full seed-0 model (validation jets): activity = mean over neurons of "
         "max(RNA quark, RNA gluon); class diff = mean |RNA difference| (the layer weight); "
@@ -251,6 +272,14 @@ def render(r: dict) -> str:
             f"{c['n_params']} | {c['retained']:.3f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _train_minutes(r: dict) -> float:
+    seen = {}
+    for rs in r["runs"].values():
+        for x in rs:
+            seen[(json.dumps(x["kwargs"], sort_keys=True), x["seed"])] = x["train_seconds"]
+    return sum(seen.values()) / 60
 
 
 def plot(r: dict, path: Path, grid, ranked) -> None:
