@@ -115,8 +115,7 @@ def _one_event(gs: GraphSet, i: int, own_size: bool):
 def _reference_grads(params, gs: GraphSet, grad_fn, own_size: bool) -> np.ndarray:
     """``[N, P]`` float64 gradients, one jitted single-event call per event."""
     out = [
-        np.asarray(grad_fn(params, _one_event(gs, i, own_size)), np.float64)
-        for i in range(len(gs))
+        np.asarray(grad_fn(params, _one_event(gs, i, own_size)), np.float64) for i in range(len(gs))
     ]
     return np.stack(out) if out else np.zeros((0, 0))
 

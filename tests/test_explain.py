@@ -315,7 +315,7 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
     for fig in r["figures"].values():
         assert (out / fig).stat().st_size > 1000
     text = (out / "report.md").read_text()
-    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Timing"):
+    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 10.", "## Timing"):
         assert section in text
     # sections 7-9 (LRP, correlations, constituents): no pT fraction or angles in these events
     later = r["later_sections"]
@@ -326,6 +326,13 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
     assert "no pT-fraction node feature" in text
     for section in ("## 7.", "## 8.", "## 9."):
         assert section in text
+    # section 10, clusters: 40 training events are too few for UMAP (skipped with a sentence)
+    c = r["clusters"]
+    assert c["n_events"] == 40 and set(c["spaces"]) == {"latent", "gradient"}
+    assert any("UMAP and DBSCAN skipped" in m for m in c["skipped"]), c["skipped"]
+    assert sum(row["n"] for row in c["spaces"]["gradient"]["kmeans"]["clusters"]) == 40
+    for fig in c["figures"].values():
+        assert (out / fig).stat().st_size > 1000
     # bad input is named
     assert cli.main(["explain", str(run_dir), "--q", "1.5"]) == 2
     assert "--q" in capsys.readouterr().err

@@ -276,3 +276,88 @@ def influence_split(summary: dict, path) -> Path:
     )
     ax[0].legend(fontsize=8)
     return _save(fig, path)
+
+
+def embeddings_grid(embeddings: dict, colours: dict, path, title: str) -> Path:
+    """Rows: the 2-D embeddings ``{name: (coords [n, 2], positions [n])}`` (PCA, UMAP, t-SNE);
+    columns: the colourings ``{name: (values [N], cmap)}`` indexed by ``positions``. Axes span
+    the central 99 % of each embedding (a few extreme events would squash the rest)."""
+    rows, cols = list(embeddings), list(colours)
+    fig, ax = plt.subplots(
+        len(rows), len(cols), figsize=(3.2 * len(cols), 3.0 * len(rows)), squeeze=False
+    )
+    for i, en in enumerate(rows):
+        xy, pos = embeddings[en]
+        for j, cn in enumerate(cols):
+            v, cmap = colours[cn]
+            v = np.asarray(v, np.float64)[pos]
+            order = np.argsort(v, kind="stable")  # rare high values (flags) drawn last
+            lo, hi = (
+                np.percentile(v, [1, 99]) if cmap not in ("tab10", "coolwarm") else (None, None)
+            )
+            a = ax[i, j]
+            sc = a.scatter(
+                xy[order, 0],
+                xy[order, 1],
+                c=v[order],
+                s=2,
+                cmap=cmap,
+                vmin=lo,
+                vmax=hi,
+                alpha=0.6,
+                rasterized=True,
+            )
+            a.set_xticks([])
+            a.set_yticks([])
+            (x0, x1), (y0, y1) = np.percentile(xy, [0.5, 99.5], axis=0).T  # outliers off-frame
+            pad = 0.05 * max(x1 - x0, y1 - y0, 1e-12)
+            a.set_xlim(x0 - pad, x1 + pad)
+            a.set_ylim(y0 - pad, y1 + pad)
+            if i == 0:
+                a.set_title(cn, fontsize=9)
+            if j == 0:
+                a.set_ylabel(f"{en} ({len(pos)})", fontsize=9)
+            if cmap == "viridis":
+                fig.colorbar(sc, ax=a, fraction=0.046)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def elbow(ks, inertia, k_chosen: int, path, title: str) -> Path:
+    """k-means inertia against k with the elbow marked."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    ax.plot(ks, inertia, "o-", ms=4)
+    ax.axvline(k_chosen, color="C3", ls="--", lw=0.8, label=f"elbow k = {k_chosen}")
+    ax.set_xlabel("k")
+    ax.set_ylabel("inertia (within-cluster sum of squares)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def cluster_summary(rows: list, flags: list, path, title: str, class_names=("0", "1")) -> Path:
+    """Per cluster: size, class-1 fraction, share of each flag, and the self-influence median
+    and 90 % quantile."""
+    ids = [str(r["cluster"]) for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].bar(x, [r["n"] for r in rows], color="grey")
+    ax[0].set_ylabel("events")
+    w = 0.8 / (1 + len(flags))
+    ax[1].bar(x - 0.4 + w / 2, [r["class1_fraction"] for r in rows], w, label=f"{class_names[1]}")
+    for k, f in enumerate(flags):
+        ax[1].bar(
+            x - 0.4 + (k + 1.5) * w, [r[f"{f}_share"] for r in rows], w, label=f, color=f"C{k + 1}"
+        )
+    ax[1].set_ylabel("fraction of the cluster")
+    ax[1].legend(fontsize=7)
+    ax[2].bar(x - 0.2, [r["si_median"] for r in rows], 0.4, label="median")
+    ax[2].bar(x + 0.2, [r["si_q90"] for r in rows], 0.4, label="90 % quantile")
+    ax[2].set_yscale("log")
+    ax[2].set_ylabel("self-influence")
+    ax[2].legend(fontsize=7)
+    for a in ax:
+        a.set_xticks(x, ids)
+        a.set_xlabel("cluster")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

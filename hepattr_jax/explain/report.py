@@ -22,6 +22,7 @@ import numpy as np
 
 from hepattr_jax.explain import plots
 from hepattr_jax.explain.activations import activation_patterns, correlations, pca
+from hepattr_jax.explain.cluster_report import clusters_section, render_clusters
 from hepattr_jax.explain.coverage import (
     coverage_per_dimension,
     information_coverage,
@@ -299,6 +300,21 @@ def explain_run(
             progress=False,
         )
     timings["influence_split"] = time.perf_counter() - t0
+    clusters = timed(
+        "clusters",
+        clusters_section,
+        run.model,
+        params,
+        run.checkpoints.select([k_best]),
+        train,
+        si.total,
+        keep,
+        out,
+        n_events=n_events or 10_000,
+        seed=seed,
+        class_names=cnames,
+        progress=progress,
+    )
 
     # ---- timing at a fixed event count (test events tiled)
     timing = None
@@ -468,6 +484,7 @@ def explain_run(
             **split,
         },
         "later_sections": later,
+        "clusters": clusters,
         "timing_seconds": timings,
         "timing_fixed_events": timing,
         "figures": {k: Path(v).name for k, v in figs.items()},
@@ -739,10 +756,11 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
         )
     for q in k["physics_mean"]:
         lines.append(f"| mean {q} | {k['physics_mean'][q]:.3f} | {d['physics_mean'][q]:.3f} |")
+    lines += ["", "![kept vs discarded](kept_vs_discarded.png)"]
+    lines += render_sections(r.get("later_sections"))
+    lines += render_clusters(r.get("clusters"), cnames)
     t = r["timing_seconds"]
     lines += [
-        "",
-        "![kept vs discarded](kept_vs_discarded.png)",
         "",
         "## Timing",
         "",
@@ -762,7 +780,6 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
             f"({tf['permutation_predictions']} predictions), Shapley {tf['shapley']:.1f} s "
             f"({tf['shapley_predictions']} coalitions, {tf['shapley_method']}).",
         ]
-    lines += render_sections(r.get("later_sections"))
     return "\n".join(lines) + "\n"
 
 
