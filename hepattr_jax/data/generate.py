@@ -580,9 +580,9 @@ def generate(
             raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    _import_generators()
     out = Path(out)
     _check_out_dir(out)
+    _import_generators()
 
     meta = {
         "format": FORMAT,
