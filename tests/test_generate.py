@@ -223,8 +223,10 @@ def test_top_qcd_physics(tiny_top):
     p = ev.physics
     assert np.all((p["jet_pt"] >= 550) & (p["jet_pt"] <= 650))
     assert np.all(np.abs(p["jet_eta"]) < 2)
+    # With exclusive-kT axes (not minimised) tau_N can exceed tau_{N-1}: a few per cent of QCD
+    # jets have a ratio slightly above 1 (5-6 % in the 40k sample, max 1.4).
     for r in ("tau21", "tau32"):
-        assert np.all((p[r] >= 0) & (p[r] <= 1)), r
+        assert np.all((p[r] >= 0) & (p[r] < 2)) and np.mean(p[r] <= 1) >= 0.8, r
     # d_phi wrapped; constituents near the axis. Anti-kT clusters in rapidity, the features use
     # pseudorapidity, so a soft massive hadron can sit a little beyond R in (eta, phi).
     assert np.all(np.abs(ev.nodes[:, 1]) <= math.pi)

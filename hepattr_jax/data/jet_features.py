@@ -23,7 +23,10 @@ Jet substructure: N-subjettiness (Thaler & Van Tilburg, arXiv 1011.2268) with be
     tau_N = sum_k pT_k min_j dR(k, axis_j) / sum_k pT_k R0,
 
 where the N axes are the exclusive-kT subjets of the constituents (computed by the caller, e.g.
-``fastjet`` ``exclusive_jets(N)``) and dR uses rapidity and azimuth. ``pairwise_features`` gives
+``fastjet`` ``exclusive_jets(N)``) and dR uses rapidity and azimuth. These axes are not minimised,
+so ``tau_N <= tau_{N-1}`` is not guaranteed: a few per cent of QCD jets get tau21 or tau32 a little
+above 1 (a soft wide-angle kT subjet whose axis sits near the core adds nothing).
+``pairwise_features`` gives
 the ParT interaction inputs ``ln Delta, ln kT, ln z, ln m^2``.
 """
 
