@@ -19,6 +19,7 @@ from hepattr_jax.data import generate as gen
 from hepattr_jax.data import jet_features as jf
 from hepattr_jax.data.registry import load_dataset
 from hepattr_jax.errors import ConfigError, DataError, DependencyError
+from hepattr_jax.graphs import build_graphs
 from hepattr_jax.metrics import background_rejection
 
 EXACT = 1e-12  # absolute, float64 closed forms
@@ -233,6 +234,8 @@ def test_top_qcd_physics(tiny_top):
     dr = ev.nodes[:, 6]
     assert np.mean(dr < 0.8) > 0.99 and dr.max() < 1.6
     assert np.all(ev.n_node <= 200) and np.all(ev.n_node >= 2)
+    g = build_graphs(ev.select(np.arange(3)), "knn:16")  # what `hepattr train` builds
+    assert int(g.n_edge.sum()) == int(np.minimum(ev.n_node[:3] - 1, 16).dot(ev.n_node[:3]))
     # Constituents pT-ordered within each jet.
     for i in range(len(ev)):
         lp = ev.event_nodes(i)[:, 2]
