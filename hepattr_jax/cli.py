@@ -1,4 +1,5 @@
-"""Command line: ``hepattr train CONFIG`` (also ``python -m hepattr_jax``)."""
+"""Command line: ``hepattr train CONFIG``, ``hepattr generate NAME ...`` (also
+``python -m hepattr_jax``)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_generate(args) -> int:
+    from hepattr_jax.data.generate import main_generate
+
+    return main_generate(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hepattr", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -49,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)
+    g = sub.add_parser("generate", help="generate jets with Pythia 8 + FastJet (extra: generate)")
+    g.add_argument("process", help="top_qcd or qg")
+    g.add_argument("--n", type=int, required=True, help="jets in total (half signal)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=1, help="worker processes (shards in parallel)")
+    g.add_argument("--out", required=True, help="output directory (resumable)")
+    g.add_argument("--shard-size", type=int, default=1000, help="jets per Parquet shard")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_generate)
     from hepattr_jax import influence_cli
 
     influence_cli.add_parser(sub)

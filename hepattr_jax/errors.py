@@ -19,3 +19,7 @@ class StoreError(HepattrError):
 
 class ConfigError(HepattrError, ValueError):
     """A configuration value that is unknown or out of range."""
+
+
+class DependencyError(HepattrError, ImportError):
+    """An optional dependency that a feature needs is not installed (the message says how)."""

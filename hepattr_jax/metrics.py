@@ -1,4 +1,5 @@
-"""Binary-classification metrics in plain NumPy: accuracy, precision, recall, F1, ROC and AUROC.
+"""Binary-classification metrics in plain NumPy: accuracy, precision, recall, F1, ROC, AUROC and
+the background rejection 1/eps_B at a fixed signal efficiency.
 
 Conventions (they match scikit-learn, which the tests compare against):
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["auroc", "binary_metrics", "roc_curve"]
+__all__ = ["auroc", "background_rejection", "binary_metrics", "roc_curve"]
 
 
 def _check_inputs(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +117,30 @@ def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fpr = np.concatenate(([0.0], fps / n_neg))
     thresholds = np.concatenate(([np.inf], s_desc[last_of_group]))
     return fpr, tpr, thresholds
+
+
+def background_rejection(labels, scores, signal_efficiency: float) -> float:
+    """Background rejection ``1 / eps_B`` at signal efficiency ``eps_S`` (taggers' figure of merit).
+
+    ``eps_B`` is read off the ROC curve of :func:`roc_curve` (``tpr = eps_S``, ``fpr = eps_B``),
+    taken as piecewise linear between its points: at a point whose ``tpr`` equals ``eps_S`` the
+    smallest ``fpr`` there; between two points, linear interpolation from the last point below
+    ``eps_S`` to the first one above it. ``eps_B = 0`` gives ``inf``. This is the convention of
+    the top-tagging comparison (Kasieczka et al., arXiv 1902.09914: 1/eps_B at eps_S = 0.3).
+
+    Raises ``ValueError`` if only one class is present or ``signal_efficiency`` is not in (0, 1].
+    """
+    eps_s = float(signal_efficiency)
+    if not 0.0 < eps_s <= 1.0:
+        raise ValueError(f"signal_efficiency must lie in (0, 1], got {signal_efficiency}")
+    fpr, tpr, _ = roc_curve(labels, scores)
+    k = int(np.searchsorted(tpr, eps_s, side="left"))  # first point with tpr >= eps_s
+    if tpr[k] == eps_s:
+        eps_b = fpr[k]
+    else:
+        t0, t1, f0, f1 = tpr[k - 1], tpr[k], fpr[k - 1], fpr[k]
+        eps_b = f0 + (f1 - f0) * (eps_s - t0) / (t1 - t0)
+    return float(1.0 / eps_b) if eps_b > 0 else float("inf")
 
 
 def binary_metrics(

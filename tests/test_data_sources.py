@@ -469,9 +469,9 @@ def test_parquet_file_level_errors(tmp_path):
 
 # ===================================================================== registry
 def test_registry_names_and_errors():
-    assert dataset_names() == ("parquet", "qg_jets", "random", "susy_sim")
+    assert dataset_names() == ("generated", "parquet", "qg_jets", "random", "susy_sim")
     with pytest.raises(
-        ConfigError, match="unknown dataset 'cms'.*parquet, qg_jets, random, susy_sim"
+        ConfigError, match="unknown dataset 'cms'.*generated, parquet, qg_jets, random, susy_sim"
     ):
         load_dataset("cms")
     with pytest.raises(ConfigError, match="susy_sim.*n_event.*it takes: n_events"):

@@ -230,6 +230,42 @@ class EventSet:
         return h.hexdigest()[:16]
 
 
+def concat_events(sets: Sequence[EventSet], source: str = "<concat>") -> EventSet:
+    """The events of ``sets`` one after another (ids kept, so they must be unique overall).
+
+    All sets must have the same node and global feature names, physics quantities and
+    ``eta_phi``; DataError otherwise.
+    """
+    if not sets:
+        raise DataError(f"{source}: no event sets to concatenate")
+    first = sets[0]
+    for s in sets[1:]:
+        if (
+            s.node_names != first.node_names
+            or s.global_names != first.global_names
+            or set(s.physics) != set(first.physics)
+            or s.eta_phi != first.eta_phi
+        ):
+            raise DataError(
+                f"{source}: {s.source} has features {s.node_names}/{s.global_names}/"
+                f"{sorted(s.physics)}, {first.source} has {first.node_names}/"
+                f"{first.global_names}/{sorted(first.physics)}"
+            )
+    counts = np.concatenate([s.n_node for s in sets])
+    return EventSet(
+        ids=np.concatenate([s.ids for s in sets]),
+        labels=np.concatenate([s.labels for s in sets]),
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        nodes=np.concatenate([s.nodes for s in sets]),
+        node_names=first.node_names,
+        globals=np.concatenate([s.globals for s in sets]),
+        global_names=first.global_names,
+        physics={k: np.concatenate([s.physics[k] for s in sets]) for k in first.physics},
+        source=source,
+        eta_phi=first.eta_phi,
+    ).validate()
+
+
 # --------------------------------------------------------------------- splits
 def _uniform_from_ids(ids: np.ndarray, seed: int) -> np.ndarray:
     """Deterministic uniform in [0, 1) per id (splitmix64 of id, seed): stable under subsetting."""

@@ -266,12 +266,19 @@ def load_parquet(
     ).validate()
 
 
-def save_parquet(events: EventSet, path: str | Path) -> Path:
+def save_parquet(
+    events: EventSet, path: str | Path, extra_lists: Mapping[str, np.ndarray] | None = None
+) -> Path:
     """Writes ``events`` in the layout of the module docstring, with the ``hepattr`` metadata.
 
     ``load_parquet(path)`` gives back the same ids, labels, offsets, node features (float32),
     event-level inputs (float32), physics quantities (float64), names and ``eta_phi``, bit for
-    bit. The write is atomic (temporary file, then rename).
+    bit. The write is atomic (temporary file, then rename). The Parquet writer settings are
+    fixed here (not left to pyarrow's defaults) and nothing time-dependent is written, so equal
+    events give byte-identical files for a given pyarrow version.
+
+    ``extra_lists`` adds per-object list columns that are stored but are not node features
+    (e.g. particle ids): ``{name: [sum_i n_i] array}``; the loader ignores them unless asked.
 
     Raises:
       DataError: a node feature named like the id or label column (``event_id``, ``label``).
@@ -311,6 +318,15 @@ def save_parquet(events: EventSet, path: str | Path) -> Path:
     for j, name in enumerate(events.node_names):
         vals = pa.array(np.ascontiguousarray(events.nodes[:, j], dtype=np.float32))
         columns[name] = list_cls.from_arrays(arrow_offsets, vals)
+    for name, values in (extra_lists or {}).items():
+        values = np.asarray(values)
+        if name in taken or values.shape != (events.nodes.shape[0],):
+            raise DataError(
+                f"{events.source}: extra list column '{name}' collides with a column or has shape "
+                f"{values.shape}, expected ({events.nodes.shape[0]},)"
+            )
+        taken.add(name)
+        columns[name] = list_cls.from_arrays(arrow_offsets, pa.array(np.ascontiguousarray(values)))
     for j, name in enumerate(events.global_names):
         columns[glob_cols[name]] = pa.array(np.ascontiguousarray(events.globals[:, j], np.float32))
     for name, col in phys_cols.items():
@@ -328,6 +344,14 @@ def save_parquet(events: EventSet, path: str | Path) -> Path:
     }
     table = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(
+        table,
+        sink,
+        version="2.6",
+        compression="snappy",
+        use_dictionary=True,
+        write_statistics=True,
+        data_page_version="1.0",
+    )
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
     return path

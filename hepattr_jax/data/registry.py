@@ -1,13 +1,15 @@
-"""Data sources by name: ``load_dataset("qg_jets" | "susy_sim" | "parquet" | "random", **kwargs)``.
+"""Data sources by name: ``load_dataset("qg_jets" | "susy_sim" | "parquet" | "generated" | "random",
+**kwargs)``.
 
-============ ========================================== ===========================================
-name         function                                   what
-============ ========================================== ===========================================
-``qg_jets``  :func:`~hepattr_jax.data.qg_jets.load_qg_jets`      real quark/gluon jets, track graphs
-``susy_sim`` :func:`~hepattr_jax.data.susy_sim.simulate_susy`    simulated chargino vs WW dileptons
-``parquet``  :func:`~hepattr_jax.data.parquet.load_parquet`      users' own events in Parquet
-``random``   :func:`~hepattr_jax.data.synthetic.random_events`  random shapes (tests, benchmarks)
-============ ========================================== ===========================================
+============= ================================================= ====================================
+name          function                                          what
+============= ================================================= ====================================
+``qg_jets``   :func:`~hepattr_jax.data.qg_jets.load_qg_jets`     real quark/gluon jets, track graphs
+``susy_sim``  :func:`~hepattr_jax.data.susy_sim.simulate_susy`   simulated chargino vs WW dileptons
+``parquet``   :func:`~hepattr_jax.data.parquet.load_parquet`     users' own events in Parquet
+``generated`` :func:`~hepattr_jax.data.generate.load_generated`  jets made by ``hepattr generate``
+``random``    :func:`~hepattr_jax.data.synthetic.random_events`  random shapes (tests, benchmarks)
+============= ================================================= ====================================
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import inspect
 from collections.abc import Callable
 
 from hepattr_jax.data.events import EventSet
+from hepattr_jax.data.generate import load_generated
 from hepattr_jax.data.parquet import load_parquet
 from hepattr_jax.data.qg_jets import load_qg_jets
 from hepattr_jax.data.susy_sim import simulate_susy
@@ -26,6 +29,7 @@ DATASETS: dict[str, Callable[..., EventSet]] = {
     "qg_jets": load_qg_jets,
     "susy_sim": simulate_susy,
     "parquet": load_parquet,
+    "generated": load_generated,
     "random": random_events,
 }
 
