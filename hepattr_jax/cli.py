@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -12,21 +11,32 @@ from hepattr_jax.errors import HepattrError
 
 
 def _cmd_train(args) -> int:
-    from hepattr_jax.config import load_config
+    from hepattr_jax.config import (
+        TrainConfig,
+        absolute_data_path,
+        load_config,
+        parse_override,
+    )
     from hepattr_jax.train import train
 
     config = load_config(args.config)
-    overrides = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in '[{0123456789-tf"' else value
+    overrides = dict(parse_override(item) for item in args.set or [])
+    if isinstance(overrides.get("dataset_kwargs"), dict):  # a path on the command line: cwd
+        overrides["dataset_kwargs"] = absolute_data_path(overrides["dataset_kwargs"], Path.cwd())
     if overrides:
-        from hepattr_jax.config import TrainConfig
-
-        config = TrainConfig.from_dict({**config.to_dict(), **overrides}, source="--set")
+        config = TrainConfig.from_dict(
+            {**config.to_dict(), **overrides}, source=f"{args.config} with --set"
+        )
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     result = train(config, run_dir, progress=not args.quiet)
     t = result["test"]
+    if result.get("diverged_epoch") is not None:
+        print(
+            f"warning: training diverged in epoch {result['diverged_epoch'] + 1} (non-finite "
+            "loss) and stopped there; the metrics below are those of the best epoch saved "
+            "before it. Consider a lower lr.",
+            file=sys.stderr,
+        )
     print(
         f"test AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  F1 {t['f1']:.4f}  "
         f"(best epoch {result['best_epoch'] + 1}, {len(result['checkpoint_steps'])} checkpoints)"

@@ -19,3 +19,8 @@ class StoreError(HepattrError):
 
 class ConfigError(HepattrError, ValueError):
     """A configuration value that is unknown or out of range."""
+
+
+class WriteError(HepattrError, OSError):
+    """A file or directory that cannot be written: no permission, a read-only file system, a
+    full disk. The message names the path; the ``OSError`` is chained."""

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hepattr_jax.io_utils import save_figure  # noqa: E402
+
 
 def loss_curves(history: list[dict], path: str | Path) -> Path:
     """Train and validation loss, and validation AUROC, per epoch."""
@@ -24,7 +26,7 @@ def loss_curves(history: list[dict], path: str | Path) -> Path:
     ax[1].set_xlabel("epoch")
     ax[1].set_ylabel("validation AUROC")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -43,6 +45,6 @@ def roc_curves(
         ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)

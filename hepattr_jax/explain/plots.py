@@ -10,12 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hepattr_jax.io_utils import save_figure  # noqa: E402
+
 DPI = 90
 
 
 def _save(fig, path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
     return Path(path)
 
