@@ -11,8 +11,11 @@ import dataclasses
 import errno
 import importlib
 import json
+import logging
 import os
+import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,10 +33,14 @@ train_module = importlib.import_module("hepattr_jax.train")
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One epoch of ``TINY``, shared (the tests using it must leave it unchanged)."""
+    """``TINY`` (two epochs, two checkpoints), shared: tests copy it before changing it."""
     run = tmp_path_factory.mktemp("faults") / "run"
-    train(TINY.replace(epochs=1), run, progress=False)
+    train(TINY, run, progress=False)
     return run
+
+
+def _copy(run, tmp_path):
+    return Path(shutil.copytree(run, tmp_path / "copy"))
 
 
 # --------------------------------------------------------------------- item 6: refused up front
@@ -109,8 +116,52 @@ def test_a_refused_resume_writes_nothing(tiny_run):
     before = snapshot(run)
     changed = tiny_events(seed=2)  # same config, other data: the checkpoints refuse it
     with pytest.raises(CheckpointError, match="data_fingerprint differs"):
-        train(TINY.replace(epochs=1), run, events=changed, progress=False)
+        train(TINY, run, events=changed, progress=False)
     assert snapshot(run) == before  # normalization.json, config.json, ... untouched
+
+
+# --------------------------------------------------------------------- item 8: checkpoint set
+def test_a_deleted_checkpoint_is_refused_unless_allowed(tiny_run, tmp_path, caplog):
+    run = _copy(tiny_run, tmp_path)
+    steps = json.loads((run / "metrics.json").read_text())["checkpoint_steps"]
+    assert len(steps) == 2
+    shutil.rmtree(run / "checkpoints" / str(steps[0]))
+    with pytest.raises(
+        CheckpointError, match=rf"step\(s\) \[{steps[0]}\] listed in .*metrics.json"
+    ):
+        load_run(run)
+    with caplog.at_level(logging.WARNING, logger="hepattr_jax.runs"):
+        r = load_run(run, allow_missing_checkpoints=True)
+    assert list(r.checkpoints.steps) == [steps[1]]
+    assert "USING THE 1 CHECKPOINT(S) ON DISK ANYWAY" in caplog.text
+
+
+def test_an_unfinished_run_is_refused_unless_allowed(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    (run / "metrics.json").unlink()
+    with pytest.raises(CheckpointError, match="has not finished"):
+        load_run(run)
+    assert len(load_run(run, allow_missing_checkpoints=True).checkpoints) == 2
+
+
+def test_an_edited_learning_rate_is_refused(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    step = json.loads((run / "metrics.json").read_text())["checkpoint_steps"][1]
+    meta_file = run / "checkpoints" / str(step) / "meta" / "metadata"  # orbax JsonSave
+    meta = json.loads(meta_file.read_text())
+    meta["lr"] = meta["lr"] * 10  # the TracIn weight of this checkpoint
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=rf"step {step}: lr_hash mismatch"):
+        load_run(run)
+
+
+def test_the_cli_has_the_override_flag():
+    from hepattr_jax.cli import build_parser
+
+    p = build_parser()
+    for argv in (["influence", "self", "r"], ["influence", "trak", "r"], ["explain", "r"]):
+        assert p.parse_args(argv).allow_missing_checkpoints is False
+        assert p.parse_args([*argv, "--allow-missing-checkpoints"]).allow_missing_checkpoints
 
 
 # --------------------------------------------------------------------- item 11: write faults
