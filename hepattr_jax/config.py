@@ -78,6 +78,39 @@ class TrainConfig:
         return dataclasses.replace(self, **kw)
 
 
+#: One line per setting, for ``hepattr train --help``.
+FIELD_HELP = {
+    "dataset": "data source: qg_jets, susy_sim, parquet or random",
+    "dataset_kwargs": 'table of the source\'s arguments, e.g. {path = "x.parquet"} (a relative '
+    "path is taken relative to the config file)",
+    "edges": '"fully_connected" or "knn:K" (K >= 1 nearest neighbours in eta/phi)',
+    "split": "[train, val, test] fractions, each > 0, summing to 1 (split by event id)",
+    "split_seed": "seed of the split (integer >= 0)",
+    "model": "edgeconv, interaction or gcn",
+    "model_kwargs": "table of model arguments, e.g. {hidden = 64, n_blocks = 2}",
+    "use_globals": "feed event-level inputs to the readout (true/false)",
+    "batch_size": "events per training batch (integer >= 1)",
+    "epochs": "maximum number of epochs (integer >= 1)",
+    "lr": "peak learning rate (finite, > 0)",
+    "schedule": "learning-rate decay: constant, cosine or exponential",
+    "warmup_epochs": "epochs of linear warm-up from 0 (integer >= 0)",
+    "weight_decay": "AdamW weight decay (>= 0)",
+    "patience": "early stopping after this many epochs without a better validation loss "
+    "(integer >= 0; 0 disables it)",
+    "checkpoint_every": "a checkpoint every this many epochs, all kept for TracIn (integer >= 1)",
+    "seed": "model initialisation and batch order (integer >= 0)",
+}
+
+
+def settings_help() -> str:
+    """Every setting with its default and meaning (the epilog of ``hepattr train --help``)."""
+    lines = ["config settings (TOML top-level keys; --set KEY=VALUE overrides one):"]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {f.name} (default {json.dumps(default)}): {FIELD_HELP[f.name]}")
+    return "\n".join(lines)
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 
@@ -103,3 +104,34 @@ def test_relative_data_path_is_resolved_against_the_config_file(tmp_path, monkey
         f'dataset = "parquet"\n[dataset_kwargs]\npath = "{tmp_path}/x.parquet"\n'
     )
     assert load_config(cfg_dir / "abs.toml").dataset_kwargs["path"] == f"{tmp_path}/x.parquet"
+
+
+def _help(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_covers_every_command_and_setting(capsys):
+    top = _help(capsys)
+    for cmd in (
+        "train",
+        "influence self",
+        "influence matrix",
+        "influence topk",
+        "influence trak",
+        "explain",
+    ):
+        assert cmd in top, cmd
+    train_help = _help(capsys, "train")
+    for f in dataclasses.fields(TrainConfig):
+        assert f"  {f.name} (default " in train_help, f.name
+    assert "knn:K" in train_help and "plain string" in train_help
+    influence = _help(capsys, "influence")
+    for kind in ("self", "matrix", "topk", "trak"):
+        assert f"    {kind} " in influence, kind
+    for kind in ("self", "matrix", "topk", "trak"):
+        assert "--allow-missing-checkpoints" in _help(capsys, "influence", kind)
+    explain = _help(capsys, "explain")
+    assert "--allow-missing-checkpoints" in explain and "--q Q" in explain
