@@ -50,7 +50,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from hepattr_jax.errors import StoreError
-from hepattr_jax.io_utils import atomic_write_bytes, atomic_write_json, json_default, npz_bytes
+from hepattr_jax.io_utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_dir,
+    json_default,
+    npz_bytes,
+)
 
 if TYPE_CHECKING:
     from hepattr_jax.graphs import GraphSet
@@ -151,7 +157,7 @@ class ScoreStore:
         missing = sorted({"kind", "n_events", "chunk_size", "dtype", "event_ids_sha"} - set(new))
         if missing:
             raise StoreError(f"{directory}: store meta lacks required key(s) {missing}")
-        directory.mkdir(parents=True, exist_ok=True)
+        ensure_dir(directory)
         lock_fd = _lock(directory)
         try:
             meta_path = directory / "meta.json"
@@ -406,7 +412,14 @@ class _BadChunk(Exception):
 def _lock(directory: Path) -> int | None:
     if fcntl is None:  # pragma: no cover
         return None
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StoreError(
+            f"{directory}: cannot take the store's lock {directory / '.lock'} "
+            f"({e.strerror or type(e).__name__}); computing scores needs a writable directory "
+            "(a finished result is read without it)"
+        ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -494,6 +507,18 @@ def read_result(directory: str | Path) -> StoredResult:
     return StoredResult(meta, arrays)
 
 
+def read_finished(directory: str | Path, meta: Mapping[str, Any]) -> StoredResult | None:
+    """The finished result in ``directory`` if it was made from ``meta`` (checked as
+    :func:`read_result` does), else None. Takes no lock and writes nothing, so a finished
+    result is read from a read-only directory too."""
+    directory = Path(directory)
+    if not (directory / "result.json").is_file():
+        return None
+    if meta_differences(_read_meta(directory), meta):
+        return None  # ScoreStore.open names the differences
+    return read_result(directory)
+
+
 # --------------------------------------------------------------------- scoring a run
 def split_of(run: Run, split: str) -> GraphSet:
     if split not in SPLITS:
@@ -573,7 +598,8 @@ def scored_self_influence(
     ``total = per_checkpoint.sum(0)`` (:func:`hepattr_jax.tracin.self_influence`). Writes
     ``scores.npy``, ``scores_per_checkpoint.npy`` and ``event_ids.npy`` in ``store_dir``.
     Rerunning after a crash computes only the chunks not on disk; the result equals that of an
-    uninterrupted run bit for bit.
+    uninterrupted run bit for bit. A finished store made from the same inputs is read back
+    (:func:`read_finished`) without a lock or any write, so it may be read-only.
     """
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
@@ -581,6 +607,10 @@ def scored_self_influence(
     gs = split_of(run, split)
     layout = layout_for(run.model, gs)
     meta = run_meta(run, "self_influence", gs, split=split, chunk_size=chunk_size, layout=layout)
+    done = read_finished(store_dir, meta)
+    if done is not None:
+        a = done.arrays
+        return SelfInfluenceScores(a["event_ids"], a["scores"], a["scores_per_checkpoint"])
     with ScoreStore.open(store_dir, meta) as store:
         tracin.self_influence(
             layout,
