@@ -193,6 +193,43 @@ def test_a_read_only_run_directory_is_a_clear_error(tmp_path, monkeypatch, capsy
         train(TINY.replace(epochs=1), tmp_path / "run", progress=False)
 
 
+def _deny_writes(monkeypatch):
+    """From here on, opening any file for writing or creating one fails with EACCES."""
+    import tempfile
+
+    real_open = os.open
+    write = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def ro_open(path, flags, *a, **k):
+        if flags & write:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+
+
+def test_a_finished_store_is_read_without_write_access(tiny_run, tmp_path, monkeypatch):
+    from hepattr_jax.errors import StoreError
+    from hepattr_jax.store import scored_self_influence
+
+    run = load_run(tiny_run)
+    first = scored_self_influence(run, tmp_path / "si", chunk_size=64, progress=False)
+    before = snapshot(tmp_path / "si")
+    _deny_writes(monkeypatch)
+    again = scored_self_influence(run, tmp_path / "si", chunk_size=64, progress=False)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(StoreError, match=r"si2: cannot take the store's lock .*Permission denied"):
+        (tmp_path / "si2").mkdir()
+        scored_self_influence(run, tmp_path / "si2", chunk_size=64, progress=False)
+    monkeypatch.undo()
+    assert snapshot(tmp_path / "si") == before
+
+
 @pytest.mark.skipif(is_root(), reason="root ignores directory permissions")
 def test_a_truly_read_only_directory_is_a_clear_error(tmp_path):
     ro = tmp_path / "ro"
