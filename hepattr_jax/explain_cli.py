@@ -100,6 +100,8 @@ def _command(args) -> str:
         v = getattr(args, name)
         if v is not None and v != defaults.get(name):
             parts += [f"--{name.replace('_', '-')}", str(v)]
+    if getattr(args, "allow_missing_checkpoints", False):
+        parts.append("--allow-missing-checkpoints")
     return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -34,7 +34,7 @@ from hepattr_jax.explain.features import Groups, feature_means, make_groups
 from hepattr_jax.explain.importance import masking_importance, permutation_importance
 from hepattr_jax.explain.predict import LATENT, BatchedPredictor, bce
 from hepattr_jax.explain.shapley import aggregate_shapley, shapley_values
-from hepattr_jax.io_utils import atomic_write_json, atomic_write_text
+from hepattr_jax.io_utils import atomic_write_json, atomic_write_text, ensure_dir
 from hepattr_jax.metrics import auroc
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,7 @@ def explain_run(
     from hepattr_jax.store import scored_self_influence
 
     t_start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir)
     k_best, ckpt_desc = best_checkpoint(run)
     params = run.checkpoints.at(k_best)
     dataset = run.config.dataset
