@@ -26,7 +26,7 @@ from hepattr_jax.errors import CheckpointError, ConfigError, DataError, WriteErr
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_text, umask
 from hepattr_jax.runs import load_run
 from hepattr_jax.train import evaluate_events, train
-from tests.helpers import TINY, is_root, snapshot, tiny_events
+from tests.helpers import TINY, TINY_TOML, is_root, snapshot, tiny_events
 
 train_module = importlib.import_module("hepattr_jax.train")
 
@@ -188,9 +188,16 @@ def test_a_read_only_run_directory_is_a_clear_error(tmp_path, monkeypatch, capsy
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
 
+    from hepattr_jax import cli
+
+    (tmp_path / "c.toml").write_text(TINY_TOML)
     monkeypatch.setattr(tempfile, "mkstemp", denied)
     with pytest.raises(WriteError, match=r"cannot write .*config.json: Permission denied"):
         train(TINY.replace(epochs=1), tmp_path / "run", progress=False)
+    argv = ["train", str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "run2"), "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write {tmp_path / 'run2' / 'config.json'}: Permission denied" in err
 
 
 def _deny_writes(monkeypatch):
