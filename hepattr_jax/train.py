@@ -14,6 +14,13 @@ The run directory written by :func:`train`::
 Every file is written atomically, and training resumes from the latest checkpoint: a run killed
 after epoch k and restarted ends with the same parameters as an uninterrupted one (the batch order
 of epoch e depends only on ``(seed, e)``).
+
+Nothing is written before every check has passed (the config against ``config.json``, the data:
+no empty or one-class split, the data fingerprint against the checkpoints), so a refused run
+leaves its directory as it was. An epoch whose training or validation loss is not finite is
+recorded in ``history.json`` with ``"diverged": true`` (its state is not checkpointed), training
+stops, and ``metrics.json`` reports the best checkpoint before it with ``diverged_epoch``; if
+no checkpoint precedes it, :class:`~hepattr_jax.errors.ConfigError` says so.
 """
 
 from __future__ import annotations
