@@ -81,7 +81,8 @@ def prepare_data(config: TrainConfig, events: EventSet | None = None) -> Prepare
         events = load_dataset(config.dataset, **config.dataset_kwargs)
     splits = split_by_id(events, config.split, seed=config.split_seed)
     for name, part in splits.items():
-        check_split(name, part.labels, events.source, config.split)
+        if len(part) == 0 and name != "val":  # train() checks more (it needs every split)
+            raise ConfigError(f"split {name!r} of {events.source} is empty ({config.split})")
     norm = Normalizer.fit(splits["train"])
     graphs = {}
     for name, part in splits.items():
@@ -226,7 +227,8 @@ def train(
             )
     data = prepare_data(config, events) if data is None else data
     for name in ("train", "val", "test"):
-        check_split(name, getattr(data, name).events.labels, str(run_dir))
+        source = f"{data.train.events.source} (run {run_dir})"
+        check_split(name, getattr(data, name).events.labels, source, config.split)
     budget = data.train.batch_budget(config.batch_size)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
     schedule = make_schedule(config, steps_per_epoch)

@@ -55,11 +55,15 @@ def test_events_of_one_class_are_refused_before_anything_is_written(tmp_path):
 def test_an_empty_validation_split_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="split must be three fractions > 0"):
         TINY.replace(split=(0.85, 0, 0.15))
-    # fractions > 0 that still leave no validation event (5 events): named, nothing written
+    # fractions > 0 that still leave no validation event (20 events, split seed 2): named
     cfg = TINY.replace(
-        dataset_kwargs={**TINY.dataset_kwargs, "n_events": 5}, split=(0.9, 0.01, 0.09)
+        dataset_kwargs={**TINY.dataset_kwargs, "n_events": 20},
+        split=(0.5, 0.01, 0.49),
+        split_seed=2,
     )
-    with pytest.raises(DataError, match="the val split is empty"):
+    with pytest.raises(
+        DataError, match=r"random_events\(seed=1\) \(run .*\): the val split is empty"
+    ):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
