@@ -11,7 +11,14 @@ from hepattr_jax.config import TrainConfig, load_config
 from hepattr_jax.data.events import EventSet, Normalizer, split_by_id
 from hepattr_jax.data.registry import load_dataset
 from hepattr_jax.datamodels import subset_masks, train_subset_models
-from hepattr_jax.errors import CheckpointError, ConfigError, DataError, HepattrError, StoreError
+from hepattr_jax.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    HepattrError,
+    StoreError,
+    WriteError,
+)
 from hepattr_jax.evaluation import linear_datamodeling_score
 from hepattr_jax.explain import explain_run, permutation_importance, shapley_values
 from hepattr_jax.graph_ops import NeighbourGraph
@@ -61,6 +68,7 @@ __all__ = [
     "StoreError",
     "TopK",
     "TrainConfig",
+    "WriteError",
     "auroc",
     "binary_metrics",
     "build_graphs",

@@ -10,9 +10,13 @@ Layout (orbax-checkpoint 0.12, one directory per step)::
     <directory>/<step>/state/   the state pytree (orbax StandardSave: OCDBT/zarr, zstd)
     <directory>/<step>/meta/    JSON: step, epoch, lr, fingerprints, hashes, leaf manifest, extra
 
-The meta JSON (``FORMAT = 1``) holds:
+The meta JSON (``FORMAT = 2``) holds:
 
 * ``step``, ``epoch``, ``lr``: the optimizer step, the epoch and the learning rate used there.
+* ``lr_hash``: :func:`lr_hash` of step, epoch, lr and the two state hashes below: TracIn weighs
+  each checkpoint by its ``lr``, so an edited ``lr`` (which no array hash covers) is refused
+  when the meta is read, like corrupt arrays are. Format-1 checkpoints (written before this
+  key existed) are still read, with a warning that their ``lr`` is unchecked.
 * ``config_fingerprint``, ``data_fingerprint``: who made it. A store opened with fingerprints
   refuses (``CheckpointError``) to read or add checkpoints made with other ones, so two runs
   never mix; open with ``None`` fingerprints to read anything (then ``save`` is refused).
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -50,9 +55,12 @@ import orbax.checkpoint as ocp
 
 from hepattr_jax.errors import CheckpointError
 
-__all__ = ["FORMAT", "CheckpointStore", "params_subtree", "tree_hash", "tree_manifest"]
+log = logging.getLogger(__name__)
 
-FORMAT = 1
+__all__ = ["FORMAT", "CheckpointStore", "lr_hash", "params_subtree", "tree_hash", "tree_manifest"]
+
+FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 _META_KEYS = (
     "format",
     "step",
@@ -89,6 +97,14 @@ def tree_hash(tree: Any) -> str:
         h.update(f"{a.dtype.name}{a.shape};".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def lr_hash(step: int, epoch: int, lr: float, params_hash: str, state_hash: str) -> str:
+    """SHA-256 hex digest binding a checkpoint's learning rate (TracIn's weight ``lr_k``) to
+    its step, epoch and state: ``sha256(json([step, epoch, repr(lr), params_hash,
+    state_hash]))`` (``repr`` keeps every bit of the float)."""
+    payload = json.dumps([int(step), int(epoch), repr(float(lr)), params_hash, state_hash])
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def params_subtree(state: Any) -> Any:
@@ -204,6 +220,7 @@ class CheckpointStore:
             if fp is not None and (not isinstance(fp, str) or not fp):
                 raise ValueError(f"{name}_fingerprint must be a non-empty string or None")
         self._dir = Path(directory).absolute()
+        self._warned_format1 = False
         self.config_fingerprint = config_fingerprint
         self.data_fingerprint = data_fingerprint
         if not create and not self._dir.is_dir():
@@ -335,6 +352,7 @@ class CheckpointStore:
             "leaves": tree_manifest(state),
             "extra": extra,
         }
+        meta["lr_hash"] = lr_hash(step, epoch, lr, meta["params_hash"], meta["state_hash"])
         meta = _json_ready(meta, "checkpoint meta")
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
@@ -430,8 +448,10 @@ class CheckpointStore:
         missing = [k for k in _META_KEYS if k not in meta]
         if missing:
             raise CheckpointError(f"{where}: meta lacks keys {missing}")
-        if meta["format"] != FORMAT:
-            raise CheckpointError(f"{where}: meta format {meta['format']!r}, expected {FORMAT}")
+        if meta["format"] not in _READABLE_FORMATS:
+            raise CheckpointError(
+                f"{where}: meta format {meta['format']!r}, expected one of {_READABLE_FORMATS}"
+            )
         if meta["step"] != step or isinstance(meta["step"], bool):
             raise CheckpointError(f"{where}: meta says step {meta['step']!r}")
         lr = meta["lr"]
@@ -443,6 +463,21 @@ class CheckpointStore:
             v = meta[key]
             if not (isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v)):
                 raise CheckpointError(f"{where}: meta {key} {v!r} is not a sha256 hex digest")
+        if meta["format"] >= 2:
+            want = lr_hash(meta["step"], meta["epoch"], lr, meta["params_hash"], meta["state_hash"])
+            if meta.get("lr_hash") != want:
+                raise CheckpointError(
+                    f"{where}: lr_hash mismatch: the meta's lr ({lr!r}), step or epoch was "
+                    "changed after the checkpoint was written (TracIn weighs each checkpoint by "
+                    "its lr, so an edited lr would scale every score)"
+                )
+        elif not self._warned_format1:
+            self._warned_format1 = True
+            log.warning(
+                "%s: format-1 checkpoint (written by an older version): its lr is not covered "
+                "by a hash; retrain to get checked learning rates",
+                where,
+            )
         leaves = meta["leaves"]
         ok = isinstance(leaves, list) and all(
             isinstance(e, list)

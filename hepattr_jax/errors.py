@@ -23,3 +23,8 @@ class ConfigError(HepattrError, ValueError):
 
 class DependencyError(HepattrError, ImportError):
     """An optional dependency that a feature needs is not installed (the message says how)."""
+
+
+class WriteError(HepattrError, OSError):
+    """A file or directory that cannot be written: no permission, a read-only file system, a
+    full disk. The message names the path; the ``OSError`` is chained."""

@@ -64,6 +64,9 @@ def add_parser(subparsers) -> None:
         help="also time permutation importance and Shapley on this many (tiled) test events",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from hepattr_jax.influence_cli import allow_missing
+
+    allow_missing(p)
     p.set_defaults(func=_cmd_explain)
 
 
@@ -97,6 +100,8 @@ def _command(args) -> str:
         v = getattr(args, name)
         if v is not None and v != defaults.get(name):
             parts += [f"--{name.replace('_', '-')}", str(v)]
+    if getattr(args, "allow_missing_checkpoints", False):
+        parts.append("--allow-missing-checkpoints")
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -121,7 +126,7 @@ def _cmd_explain(args) -> int:
             raise ConfigError(f"--groups {args.groups}: cannot read a JSON object ({e})") from None
         if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
             raise ConfigError(f"--groups {args.groups}: expected {{group: [feature names]}}")
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, allow_missing_checkpoints=args.allow_missing_checkpoints)
     out = args.out or args.run_dir / "explain"
     result = explain_run(
         run,

@@ -31,14 +31,14 @@ N_SHOWN = 5
 
 
 def add_parser(subparsers) -> None:
-    """Adds ``influence`` with its ``self``, ``matrix`` and ``topk`` subcommands."""
+    """Adds ``influence`` with its ``self``, ``matrix``, ``topk`` and ``trak`` subcommands."""
     p = subparsers.add_parser(
         "influence",
-        help="TracIn influence scores of a training run (self, matrix, topk)",
+        help="influence scores of a training run: TracIn (self, matrix, topk) and TRAK (trak)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="influence_command", required=True)
+    sub = p.add_subparsers(dest="influence_command", required=True, metavar="KIND")
 
     def common(q, default_chunk=64):
         q.add_argument("run_dir", type=Path, help="run directory written by `hepattr train`")
@@ -52,6 +52,7 @@ def add_parser(subparsers) -> None:
             "--out", type=Path, help="output directory (default under RUN_DIR/influence)"
         )
         q.add_argument("--quiet", action="store_true", help="no progress bars")
+        allow_missing(q)
 
     s = sub.add_parser("self", help="self-influence of every event of a split (resumable)")
     common(s)
@@ -103,7 +104,18 @@ def add_parser(subparsers) -> None:
     t.add_argument("--chunk-size", type=int, default=64, help="events per kernel call (64)")
     t.add_argument("--out", type=Path, help="output directory (default RUN_DIR[0]/influence/trak)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    allow_missing(t)
     t.set_defaults(func=_cmd_trak)
+
+
+def allow_missing(q) -> None:
+    """``--allow-missing-checkpoints``: see :func:`hepattr_jax.runs.check_checkpoint_record`."""
+    q.add_argument(
+        "--allow-missing-checkpoints",
+        action="store_true",
+        help="use the checkpoints on disk even if the run's metrics.json lists others or the "
+        "run has not finished (default: refuse; the scores would not be the run's TracIn)",
+    )
 
 
 def _positive(args, *names) -> None:
@@ -119,7 +131,7 @@ def _load(args):
     from hepattr_jax.runs import load_run
 
     _positive(args, "chunk_size", "test_block", "k")
-    return load_run(args.run_dir)
+    return load_run(args.run_dir, allow_missing_checkpoints=args.allow_missing_checkpoints)
 
 
 def _cmd_self(args) -> int:
@@ -228,8 +240,11 @@ def _cmd_trak(args) -> int:
     _positive(args, "chunk_size", "proj_dim")
     if not args.damping > 0:
         raise ConfigError(f"--damping must be > 0, got {args.damping}")
-    first = load_run(args.run_dir[0])
-    runs = [first] + [load_run(r, data=first.data) for r in args.run_dir[1:]]
+    allow = args.allow_missing_checkpoints
+    first = load_run(args.run_dir[0], allow_missing_checkpoints=allow)
+    runs = [first] + [
+        load_run(r, data=first.data, allow_missing_checkpoints=allow) for r in args.run_dir[1:]
+    ]
     proj = Projector(args.proj_dim, kind=args.projection, seed=args.proj_seed)
     out = Path(args.out or args.run_dir[0] / "influence" / f"trak_{args.test_split}")
     arrays = scored_trak(

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from hepattr_jax.io_utils import save_figure
+
 
 def subplots(nrows: int = 1, ncols: int = 1, **kwargs):
     """``(figure, axes)`` like ``pyplot.subplots``, without pyplot (no backend, no global state)."""
@@ -22,10 +24,10 @@ def subplots(nrows: int = 1, ncols: int = 1, **kwargs):
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Writes ``fig`` (tight layout) to ``path``; the format follows the suffix."""
+    """Writes ``fig`` (tight layout) to ``path`` atomically
+    (:func:`hepattr_jax.io_utils.save_figure`); the format follows the suffix."""
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    return Path(path)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def loss_curves(history: list[dict], path: str | Path) -> Path:

@@ -7,6 +7,8 @@ training (influence, studies, explanations) starts from :func:`load_run`.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ from hepattr_jax.train import (
     model_from_config,
     prepare_data,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +49,70 @@ class Run:
     checkpoints: Checkpoints
 
 
+def check_checkpoint_record(
+    run_dir: str | Path, available: list[int], *, allow_missing: bool = False
+) -> None:
+    """Checks the checkpoints on disk against the run's own record, ``metrics.json``
+    ``checkpoint_steps`` (written when training finishes): TracIn over a subset of a run's
+    checkpoints (one deleted, or a run still training) is a different estimate, not the run's.
+
+    Raises:
+      CheckpointError: a recorded checkpoint is missing, one on disk is not recorded, or the
+        run has not finished (no ``metrics.json``), unless ``allow_missing`` (then a warning).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.json"
+    problems = []
+    if path.exists():
+        try:
+            recorded = [int(s) for s in json.loads(path.read_text())["checkpoint_steps"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"{path}: cannot read the run's checkpoint_steps ({type(e).__name__}: {e})"
+            ) from None
+        missing = sorted(set(recorded) - set(available))
+        unrecorded = sorted(set(available) - set(recorded))
+        if missing:
+            problems.append(
+                f"checkpoint(s) at step(s) {missing} listed in {path} are missing from "
+                f"{run_dir / 'checkpoints'}"
+            )
+        if unrecorded:
+            problems.append(
+                f"checkpoint(s) at step(s) {unrecorded} in {run_dir / 'checkpoints'} are not "
+                f"listed in {path}"
+            )
+    else:
+        problems.append(
+            f"{run_dir}: the run has not finished (no metrics.json), so its {len(available)} "
+            "checkpoint(s) on disk may not be all of its checkpoints"
+        )
+    if not problems:
+        return
+    msg = "; ".join(problems) + "; TracIn over these checkpoints is not the run's TracIn"
+    if not allow_missing:
+        raise CheckpointError(
+            msg + ". Pass --allow-missing-checkpoints (allow_missing_checkpoints=True) to use "
+            "the checkpoints on disk anyway"
+        )
+    log.warning(
+        "%s. USING THE %d CHECKPOINT(S) ON DISK ANYWAY (allow_missing_checkpoints)",
+        msg,
+        len(available),
+    )
+
+
 def load_run(
     run_dir: str | Path,
     *,
     events: EventSet | None = None,
     data: PreparedData | None = None,
     steps: list[int] | None = None,
+    allow_missing_checkpoints: bool = False,
 ) -> Run:
     """Reopens ``run_dir``: rebuilds the data (checked against the checkpoints' data
-    fingerprint) and loads the checkpoints ``steps`` (default: all)."""
+    fingerprint) and loads the checkpoints ``steps`` (default: all, which must be every
+    checkpoint the run recorded; see :func:`check_checkpoint_record`)."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     data = prepare_data(config, events) if data is None else data
@@ -66,7 +125,9 @@ def load_run(
     available = store.steps()
     if not available:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoints")
-    steps = available if steps is None else steps
+    if steps is None:
+        check_checkpoint_record(run_dir, available, allow_missing=allow_missing_checkpoints)
+        steps = available
     missing = sorted(set(steps) - set(available))
     if missing:
         raise CheckpointError(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from hepattr_jax.errors import StoreError
-from hepattr_jax.store import SPLITS, ScoreStore, ids_digest
+from hepattr_jax.store import SPLITS, ScoreStore, ids_digest, read_finished
 
 if TYPE_CHECKING:
     from hepattr_jax.graphs import GraphSet
@@ -104,7 +104,9 @@ def scored_self_influence(
     ``total = per_checkpoint.sum(0)`` (:func:`hepattr_jax.tracin.self_influence`). Writes
     ``scores.npy``, ``scores_per_checkpoint.npy`` and ``event_ids.npy`` in ``store_dir``.
     Rerunning after a crash computes only the chunks not on disk; the result equals that of an
-    uninterrupted run bit for bit.
+    uninterrupted run bit for bit. A finished store made from the same inputs is read back
+    (:func:`hepattr_jax.store.read_finished`) without a lock or any write, so it may be
+    read-only.
     """
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
@@ -112,6 +114,10 @@ def scored_self_influence(
     gs = split_of(run, split)
     layout = layout_for(run.model, gs)
     meta = run_meta(run, "self_influence", gs, split=split, chunk_size=chunk_size, layout=layout)
+    done = read_finished(store_dir, meta)
+    if done is not None:
+        a = done.arrays
+        return SelfInfluenceScores(a["event_ids"], a["scores"], a["scores_per_checkpoint"])
     with ScoreStore.open(store_dir, meta) as store:
         tracin.self_influence(
             layout,

@@ -50,7 +50,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from hepattr_jax.errors import StoreError
-from hepattr_jax.io_utils import atomic_write_bytes, atomic_write_json, json_default, npz_bytes
+from hepattr_jax.io_utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_dir,
+    json_default,
+    npz_bytes,
+)
 
 try:  # POSIX advisory locks; elsewhere the store runs unlocked.
     import fcntl
@@ -147,7 +153,7 @@ class ScoreStore:
         missing = sorted({"kind", "n_events", "chunk_size", "dtype", "event_ids_sha"} - set(new))
         if missing:
             raise StoreError(f"{directory}: store meta lacks required key(s) {missing}")
-        directory.mkdir(parents=True, exist_ok=True)
+        ensure_dir(directory)
         lock_fd = _lock(directory)
         try:
             meta_path = directory / "meta.json"
@@ -402,7 +408,14 @@ class _BadChunk(Exception):
 def _lock(directory: Path) -> int | None:
     if fcntl is None:  # pragma: no cover
         return None
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StoreError(
+            f"{directory}: cannot take the store's lock {directory / '.lock'} "
+            f"({e.strerror or type(e).__name__}); computing scores needs a writable directory "
+            "(a finished result is read without it)"
+        ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -488,3 +501,15 @@ def read_result(directory: str | Path) -> StoredResult:
             raise StoreError(f"{file}: {key} do not match the ids recorded in meta.json")
         arrays[key] = a
     return StoredResult(meta, arrays)
+
+
+def read_finished(directory: str | Path, meta: Mapping[str, Any]) -> StoredResult | None:
+    """The finished result in ``directory`` if it was made from ``meta`` (checked as
+    :func:`read_result` does), else None. Takes no lock and writes nothing, so a finished
+    result is read from a read-only directory too."""
+    directory = Path(directory)
+    if not (directory / "result.json").is_file():
+        return None
+    if meta_differences(_read_meta(directory), meta):
+        return None  # ScoreStore.open names the differences
+    return read_result(directory)

@@ -14,6 +14,13 @@ The run directory written by :func:`train`::
 Every file is written atomically, and training resumes from the latest checkpoint: a run killed
 after epoch k and restarted ends with the same parameters as an uninterrupted one (the batch order
 of epoch e depends only on ``(seed, e)``).
+
+Nothing is written before every check has passed (the config against ``config.json``, the data:
+no empty or one-class split, the data fingerprint against the checkpoints), so a refused run
+leaves its directory as it was. An epoch whose training or validation loss is not finite is
+recorded in ``history.json`` with ``"diverged": true`` (its state is not checkpointed), training
+stops, and ``metrics.json`` reports the best checkpoint before it with ``diverged_epoch``; if
+no checkpoint precedes it, :class:`~hepattr_jax.errors.ConfigError` says so.
 """
 
 from __future__ import annotations
@@ -37,9 +44,9 @@ from hepattr_jax.checkpoints import CheckpointStore
 from hepattr_jax.config import TrainConfig, load_run_config
 from hepattr_jax.data.events import EventSet, Normalizer, split_by_id
 from hepattr_jax.data.registry import load_dataset
-from hepattr_jax.errors import ConfigError
+from hepattr_jax.errors import ConfigError, DataError
 from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
-from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz
+from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz, ensure_dir
 from hepattr_jax.losses import mean_loss, per_graph_loss
 from hepattr_jax.models import make_model
 
@@ -74,7 +81,7 @@ def prepare_data(config: TrainConfig, events: EventSet | None = None) -> Prepare
         events = load_dataset(config.dataset, **config.dataset_kwargs)
     splits = split_by_id(events, config.split, seed=config.split_seed)
     for name, part in splits.items():
-        if len(part) == 0 and name != "val":
+        if len(part) == 0 and name != "val":  # train() checks more (it needs every split)
             raise ConfigError(f"split {name!r} of {events.source} is empty ({config.split})")
     norm = Normalizer.fit(splits["train"])
     graphs = {}
@@ -82,6 +89,22 @@ def prepare_data(config: TrainConfig, events: EventSet | None = None) -> Prepare
         gs = build_graphs(part, config.edges)
         graphs[name] = dataclasses.replace(gs, events=norm.apply(gs.events))
     return PreparedData(graphs["train"], graphs["val"], graphs["test"], norm, events.fingerprint())
+
+
+def check_split(name: str, labels: np.ndarray, source: str, fractions=None) -> None:
+    """Refuses a split that training cannot use: empty (no validation loss, so no early stopping
+    or best epoch; nothing to train or test on) or of one class only (AUROC undefined, and a
+    classifier trained on one class learns nothing). Raises DataError naming split and source."""
+    n = len(labels)
+    frac = "" if fractions is None else f" with split fractions {list(fractions)}"
+    if n == 0:
+        raise DataError(f"{source}: the {name} split is empty{frac}; every split needs events")
+    n1 = int(np.sum(labels))
+    if n1 == 0 or n1 == n:
+        raise DataError(
+            f"{source}: all {n} events of the {name} split are of class {int(labels[0])}{frac}; "
+            "a binary classifier needs both classes in every split"
+        )
 
 
 def batches(gs: GraphSet, batch_size: int, budget: Budget, order: np.ndarray | None = None):
@@ -194,17 +217,18 @@ def train(
     (tests use it to interrupt a run).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Every check first (config, data, existing checkpoints), then the first write: a refused
+    # run leaves its directory exactly as it was.
     cfg_path = run_dir / "config.json"
     if cfg_path.exists():
         if load_run_config(run_dir).fingerprint() != config.fingerprint():
             raise ConfigError(
                 f"{run_dir}: holds a run with a different config; use a new run directory"
             )
-    atomic_write_json(cfg_path, config.to_dict())
-
     data = prepare_data(config, events) if data is None else data
-    data.normalizer.save(run_dir / "normalization.json")
+    for name in ("train", "val", "test"):
+        source = f"{data.train.events.source} (run {run_dir})"
+        check_split(name, getattr(data, name).events.labels, source, config.split)
     budget = data.train.batch_budget(config.batch_size)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
     schedule = make_schedule(config, steps_per_epoch)
@@ -214,24 +238,37 @@ def train(
 
     example = data.train.training_batch(np.arange(min(len(data.train), config.batch_size)), budget)
     state = init_state(config, model, tx, example)
-    store = CheckpointStore(
-        run_dir / "checkpoints",
-        config_fingerprint=config.fingerprint(),
-        data_fingerprint=data.fingerprint,
-    )
+    ckpt_dir = run_dir / "checkpoints"
     history: list[dict] = []
     start_epoch = 0
     best = {"epoch": -1, "val_loss": np.inf, "bad_epochs": 0}
-    latest = store.latest_step()
-    if latest is not None:
-        state = store.restore(latest, state)
-        meta = store.meta(latest)
-        history = meta["extra"]["history"]
-        best = meta["extra"]["best"]
-        start_epoch = meta["epoch"] + 1
-        log.info("resuming %s from epoch %d (step %d)", run_dir, start_epoch, latest)
+    store = None
+    if ckpt_dir.is_dir():
+        store = CheckpointStore(
+            ckpt_dir,
+            config_fingerprint=config.fingerprint(),
+            data_fingerprint=data.fingerprint,
+            create=False,
+        )
+        latest = store.latest_step()
+        if latest is not None:  # checks fingerprints and hashes: a changed data set stops here
+            state = store.restore(latest, state)
+            meta = store.meta(latest)
+            history = meta["extra"]["history"]
+            best = meta["extra"]["best"]
+            start_epoch = meta["epoch"] + 1
+            log.info("resuming %s from epoch %d (step %d)", run_dir, start_epoch, latest)
+
+    ensure_dir(run_dir)
+    atomic_write_json(cfg_path, config.to_dict())
+    data.normalizer.save(run_dir / "normalization.json")
+    if store is None:
+        store = CheckpointStore(
+            ckpt_dir, config_fingerprint=config.fingerprint(), data_fingerprint=data.fingerprint
+        )
 
     stopped = best.get("stopped", False)
+    diverged = None
     for epoch in range(start_epoch, config.epochs):
         if stopped:
             break
@@ -258,9 +295,28 @@ def train(
             "lr": float(schedule(int(state["step"]) - 1)),
             "train_loss": train_loss,
             "val_loss": float(val_losses.mean()) if len(val_losses) else float("nan"),
-            "val_auroc": _safe_auroc(data.val.events.labels, val_logits),
+            "val_auroc": _finite_or_none(_safe_auroc(data.val.events.labels, val_logits)),
             "seconds": time.perf_counter() - t0,
         }
+        if not (np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])):
+            # Diverged: the parameters are no longer usable. Record the epoch (without saving
+            # its state as a checkpoint), stop, and report the best epoch saved before it.
+            losses_seen = f"train loss {record['train_loss']}, validation loss {record['val_loss']}"
+            record = {k: _finite_or_none(v) for k, v in record.items()}
+            record["diverged"] = True
+            history.append(record)
+            atomic_write_json(run_dir / "history.json", history)
+            diverged = record
+            log.warning(
+                "%s: training diverged in epoch %d (%s); stopping, the best epoch saved before "
+                "it is kept",
+                run_dir,
+                epoch + 1,
+                losses_seen,
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+            break
         history.append(record)
         if record["val_loss"] < best["val_loss"]:
             best = {"epoch": epoch, "val_loss": record["val_loss"], "bad_epochs": 0}
@@ -272,7 +328,7 @@ def train(
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1:3d}  train loss {train_loss:.4f}  val loss "
-                f"{record['val_loss']:.4f}  val AUROC {record['val_auroc']:.4f}  "
+                f"{record['val_loss']:.4f}  val AUROC {record['val_auroc'] or float('nan'):.4f}  "
                 f"lr {record['lr']:.2e}  {record['seconds']:.1f}s"
             )
         last = epoch == config.epochs - 1 or stopped
@@ -293,6 +349,15 @@ def train(
     best_step = _step_of_epoch(store, best["epoch"])
     if best_step is not None:
         best_state = store.restore(best_step, state)
+    elif diverged is not None:
+        latest = store.latest_step()
+        if latest is None:
+            raise ConfigError(
+                f"{run_dir}: training diverged in epoch {diverged['epoch'] + 1} before any "
+                f"checkpoint was saved ({losses_seen}); lower lr ({config.lr}) or check the "
+                "data. The epoch is recorded in history.json"
+            )
+        best_state = store.restore(latest, state)
     params = best_state["params"]
     val_logits, _ = predict(eval_step, params, data.val, config.batch_size, budget)
     test_logits, test_losses = predict(eval_step, params, data.test, config.batch_size, budget)
@@ -307,6 +372,7 @@ def train(
         "n_test": len(data.test),
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
+        "diverged_epoch": None if diverged is None else diverged["epoch"],
         "checkpoint_steps": store.steps(),
         "data_fingerprint": data.fingerprint,
         "config_fingerprint": config.fingerprint(),
@@ -330,6 +396,7 @@ def train(
 def _plots(run_dir: Path, history, labels, logits, test_events: EventSet) -> None:
     from hepattr_jax import plotting
 
+    history = [h for h in history if not h.get("diverged")]
     if history:
         plotting.loss_curves(history, run_dir / "loss_curve.png")
     curves = {}
@@ -340,6 +407,11 @@ def _plots(run_dir: Path, history, labels, logits, test_events: EventSet) -> Non
         fpr, tpr, _ = metrics_lib.roc_curve(labels, x)
         curves["charged multiplicity"] = (fpr, tpr, metrics_lib.auroc(labels, x))
     plotting.roc_curves(curves, run_dir / "roc.png", title="test set")
+
+
+def _finite_or_none(v):
+    """JSON-safe value: None for a non-finite float."""
+    return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
 def _safe_auroc(labels, scores) -> float:

@@ -1,4 +1,8 @@
+import importlib
 import os
+import re
+import tomllib
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -6,6 +10,62 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from hepattr_jax.data.synthetic import random_events  # noqa: E402
+
+#: Import name of every dependency in pyproject.toml (``dependencies`` and the ``test`` extra).
+#: A missing one fails the whole run (tests/conftest.py), instead of silently skipping the tests
+#: that need it.
+REQUIRED_MODULES = {
+    "jax": "jax",
+    "flax": "flax",
+    "optax": "optax",
+    "jraph": "jraph",
+    "orbax-checkpoint": "orbax.checkpoint",
+    "chex": "chex",
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "uproot": "uproot",
+    "awkward": "awkward",
+    "scikit-hep-testdata": "skhep_testdata",
+    "pyarrow": "pyarrow",
+    "matplotlib": "matplotlib",
+    "tqdm": "tqdm",
+    "pytest": "pytest",
+    "scikit-learn": "sklearn",
+}
+_SKIP_ENV = "HEPATTR_ALLOW_MISSING_DEPS"  # set to 1 to run what can run without them
+
+
+def _declared_dependencies() -> set[str] | None:
+    path = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not path.exists():
+        return None
+    project = tomllib.loads(path.read_text())["project"]
+    specs = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    return {re.split(r"[<>=!~\[; ]", s, maxsplit=1)[0].lower() for s in specs} - {"ruff"}
+
+
+def pytest_sessionstart(session):
+    """Fails the run at once when a required dependency is missing or not importable (CI must
+    not pass by skipping), and when pyproject.toml declares one this list does not know."""
+    declared = _declared_dependencies()
+    if declared is not None and declared != set(REQUIRED_MODULES):
+        raise pytest.UsageError(
+            "tests/conftest.py REQUIRED_MODULES is out of date with pyproject.toml: "
+            f"missing {sorted(declared - set(REQUIRED_MODULES))}, "
+            f"extra {sorted(set(REQUIRED_MODULES) - declared)}"
+        )
+    missing = []
+    for dist, module in REQUIRED_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # ImportError, or a broken install failing at import
+            missing.append(f"{dist} (import {module}: {type(e).__name__}: {e})")
+    if missing and os.environ.get(_SKIP_ENV) != "1":
+        raise pytest.UsageError(
+            "required dependencies missing or broken: "
+            + "; ".join(missing)
+            + f". Install them (pip install -e '.[test]'), or set {_SKIP_ENV}=1 to run anyway."
+        )
 
 
 @pytest.fixture

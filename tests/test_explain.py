@@ -336,3 +336,51 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
     # bad input is named
     assert cli.main(["explain", str(run_dir), "--q", "1.5"]) == 2
     assert "--q" in capsys.readouterr().err
+    # a quantity left out of one subset (constant there on small data) is n/a, not a KeyError
+    from hepattr_jax.explain.report import align_quantities, render_report
+
+    split = {k: r["influence_split"][k] for k in ("kept", "discarded")}
+    for key in ("coverage", "max_abs_corr_pc", "physics_mean"):
+        del split["discarded"][key]["n_node"]
+    align_quantities(split)
+    assert split["discarded"]["physics_mean"] == {"n_node": None}
+    r["influence_split"].update(split)
+    text = render_report(r)
+    mean = split["kept"]["physics_mean"]["n_node"]
+    assert f"| mean n_node | {mean:.3f} | n/a |" in text
+
+
+def test_explain_a_parquet_run_without_physics_columns(tmp_path, monkeypatch, capsys):
+    """Physics columns are optional in Parquet files: every section copes without them. The
+    config names its data by a path relative to the config file (resolved, recorded absolute)."""
+    import dataclasses
+
+    from hepattr_jax import cli
+    from hepattr_jax.data.parquet import save_parquet
+
+    ev = random_events(240, n_node_range=(2, 5), n_features=3, seed=4)
+    save_parquet(dataclasses.replace(ev, physics={}), tmp_path / "data" / "ev.parquet")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "run.toml").write_text(
+        'dataset = "parquet"\nepochs = 1\nbatch_size = 32\nlr = 3e-3\nwarmup_epochs = 0\n'
+        '[dataset_kwargs]\npath = "../data/ev.parquet"\n'
+        "[model_kwargs]\nhidden = 8\nn_blocks = 1\nreadout_hidden = 8\n"
+    )
+    monkeypatch.chdir(tmp_path / "data")  # not the config's directory
+    run_dir = tmp_path / "run"
+    argv = ["train", str(tmp_path / "cfg" / "run.toml"), "--run-dir", str(run_dir), "--quiet"]
+    assert cli.main(argv) == 0
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["dataset_kwargs"]["path"] == str(tmp_path / "data" / "ev.parquet")
+    out = tmp_path / "explain"
+    argv = ["explain", str(run_dir), "--out", str(out), "--n-events", "30", "--repeats", "1"]
+    assert cli.main([*argv, "--n-coverage", "30", "--quiet"]) == 0, capsys.readouterr().err
+    r = json.loads((out / "explain.json").read_text())
+    assert r["coverage"]["per_neuron_max"] == {} and r["latent"]["pc_correlation"] == {}
+    assert len(r["coverage"]["goodness_of_fit"]) > 0  # the density check needs no quantity
+    assert r["influence_split"]["kept"]["coverage"] == {}
+    text = (out / "report.md").read_text()
+    assert "No physics quantities to cover" in text
+    for fig in r["figures"].values():
+        assert f"({fig})" in text and (out / fig).stat().st_size > 1000
+    assert "coverage_layers" not in r["figures"] and "latent_pca.png" in text

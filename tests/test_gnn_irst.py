@@ -1,13 +1,18 @@
 """The GNN-IRST study end to end on a tiny preset, and its bookkeeping: every retraining used
 exactly the training events its removal rule kept."""
 
+import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from experiments.gnn_irst import study
 from hepattr_jax import evaluation
+from hepattr_jax.io_utils import atomic_write_json
 
 
 def test_removal_masks_match_their_random_baselines_in_size():
@@ -32,10 +37,20 @@ def tiny_study(tmp_path_factory):
     return out, report
 
 
+TIMING = ("train_seconds", "wall_seconds")
+
+
+def _training_rows(rows):
+    return {k: v for k, v in rows.items() if isinstance(v, dict) and "kept_ids_sha" in v}
+
+
 def test_tiny_study_runs_end_to_end(tiny_study):
+    """The numbers in results.json and report.md are those of the saved predictions and scores,
+    recomputed here with scikit-learn and by hand."""
     out, report = tiny_study
     rows = json.loads((out / "results.json").read_text())
     text = report.read_text()
+    runs = out / "runs" / "qg_jets" / "seed0"
     for key in (
         "full",
         "si_top_0.2",
@@ -45,11 +60,25 @@ def test_tiny_study_runs_end_to_end(tiny_study):
         "si_robust_1.5",
         "random_as_si_robust_1.5",
     ):
-        assert f"qg_jets/seed0/{key}" in rows
-        assert f"| {key} |" in text
+        row = rows[f"qg_jets/seed0/{key}"]
+        z = np.load(runs / key / "predictions_test.npz")
+        want = roc_auc_score(z["labels"], z["logits"])
+        assert row["test"]["auroc"] == pytest.approx(want, abs=1e-12), key
+        assert f"| {key} | {row['n_train']} | {row['test']['auroc']:.4f} |" in text
+    # mislabel detection: flipped = noisy labels != clean labels, both saved with the scores
+    clean = np.load(out / "scores" / "qg_jets_seed0.npz")
+    noisy = np.load(out / "scores" / "qg_jets_mislabel_seed0.npz")
+    np.testing.assert_array_equal(clean["ids"], noisy["ids"])
+    flipped = clean["labels"] != noisy["labels"]
+    assert flipped.sum() == round(0.1 * len(flipped))
     det = rows["qg_jets/mislabel_seed0/detection"]
     assert set(det) == {"self_influence", "loss", "random"}
-    assert 0.0 <= det["self_influence"]["detector_auroc"] <= 1.0
+    for name, score in (("self_influence", noisy["si"]), ("loss", noisy["loss"])):
+        assert det[name]["detector_auroc"] == pytest.approx(
+            roc_auc_score(flipped, score), abs=1e-12
+        )
+        top = np.argsort(-score, kind="stable")[: round(0.1 * len(score))]
+        assert det[name]["found_in_top_10pct"] == flipped[top].sum() / flipped.sum()
     assert (out / "removal_curve_qg_jets.png").exists()
     assert (out / "physics_removed_vs_kept_qg_jets.png").exists()
 
@@ -82,3 +111,41 @@ def test_a_finished_study_resumes_without_retraining(tiny_study, monkeypatch):
     monkeypatch.setattr(study, "_train_row", no_training)
     monkeypatch.setattr(study, "_noisy_row", no_training)
     study.run_study("tiny", out)
+
+
+def test_a_resumed_study_reproduces_the_uninterrupted_rows(tiny_study, tmp_path):
+    """Rows lost with their run directories (a study killed before them) are recomputed on
+    resume and equal the uninterrupted study's, timings aside; the other rows are untouched."""
+    out, _ = tiny_study
+    resumed = Path(shutil.copytree(out, tmp_path / "resumed"))
+    rows = json.loads((out / "results.json").read_text())
+    lost = ("qg_jets/seed0/si_top_0.2", "qg_jets/mislabel_seed0/remove_si_top_0.1")
+    kept = {k: v for k, v in rows.items() if k not in lost}
+    atomic_write_json(resumed / "results.json", kept)
+    shutil.rmtree(resumed / "runs" / "qg_jets" / "seed0" / "si_top_0.2")
+    shutil.rmtree(resumed / "runs" / "qg_jets" / "mislabel_seed0" / "remove_si_top_0.1")
+    study.run_study("tiny", resumed)
+    again = json.loads((resumed / "results.json").read_text())
+    assert set(again) == set(rows)
+    for k in lost:
+        strip = lambda r: {f: v for f, v in r.items() if f not in TIMING}  # noqa: E731
+        assert strip(again[k]) == strip(rows[k]), k
+    for k in kept:
+        assert again[k] == rows[k], k
+
+
+def test_a_resumed_row_trained_on_other_events_is_refused(tiny_study, tmp_path):
+    out, _ = tiny_study
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "scores", resumed / "scores")
+    rows = json.loads((out / "results.json").read_text())
+    assert len(_training_rows(rows)) >= 10  # every training row records what it used
+    kept = np.sort(np.load(out / "runs" / "qg_jets" / "seed0" / "random_0.2" / "kept_ids.npy"))
+    row = rows["qg_jets/seed0/random_0.2"]
+    want = hashlib.sha256(kept.astype("<i8").tobytes()).hexdigest()
+    assert row["kept_ids_sha"] == want
+    row["kept_ids_sha"] = hashlib.sha256(kept[1:].astype("<i8").tobytes()).hexdigest()
+    atomic_write_json(resumed / "results.json", rows)
+    with pytest.raises(study.StudyError, match=r"row 'qg_jets/seed0/random_0.2'.*kept_ids_sha"):
+        study.run_study("tiny", resumed)

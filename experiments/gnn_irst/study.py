@@ -20,9 +20,13 @@ For every data set and seed ``s`` (model initialisation and batch order; the spl
    the flipped events each score ranks first; retrain after removing the top-ranked events.
 
 Every retraining appends one row to ``OUT/results.json`` (written atomically; a killed study
-resumes and skips finished rows). Scores go to ``OUT/scores/``, ``report.md`` and its plots to
-``OUT``; run directories (checkpoints) to ``OUT/runs/``, which alone may be deleted: results,
-scores and the report are all a later session needs to continue or re-plot.
+resumes and skips finished rows). Each training row records what it was trained on: the digest
+of the kept event ids, the config fingerprint and the data fingerprint (labels included); a
+resumed study refuses a finished row whose record differs from what it would train now (other
+scores, so other kept events; another config), instead of reporting it as if it matched.
+Scores go to ``OUT/scores/``, ``report.md`` and its plots to ``OUT``; run directories
+(checkpoints) to ``OUT/runs/``, which alone may be deleted: results, scores and the report are
+all a later session needs to continue or re-plot.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ from hepattr_jax import evaluation, metrics
 from hepattr_jax.config import TrainConfig, load_config
 from hepattr_jax.data.registry import load_dataset
 from hepattr_jax.environment import hardware
+from hepattr_jax.errors import HepattrError
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz
 from hepattr_jax.runs import load_run
 from hepattr_jax.scoring import scored_self_influence
+from hepattr_jax.store import ids_digest
 from hepattr_jax.train import PreparedData, evaluate_events, prepare_data, train
 
 HERE = Path(__file__).parent
@@ -124,6 +130,21 @@ def removal_masks(
 
 
 # --------------------------------------------------------------------- one training
+IDENTITY_KEYS = ("kept_ids_sha", "config_fingerprint", "data_fingerprint")
+
+
+def row_identity(config: TrainConfig, data: PreparedData, keep: np.ndarray | None) -> dict:
+    """What a training row is trained on: digest of the kept train ids (sorted, int64), the
+    config fingerprint, and the fingerprint of the data (of the kept subset and its labels)."""
+    train_gs = data.train if keep is None else data.train.select(np.flatnonzero(keep))
+    d = data if keep is None else data.with_train(train_gs)
+    return {
+        "kept_ids_sha": ids_digest(np.sort(np.asarray(train_gs.events.ids, np.int64))),
+        "config_fingerprint": config.fingerprint(),
+        "data_fingerprint": d.fingerprint,
+    }
+
+
 def _train_row(
     config: TrainConfig, data: PreparedData, run_dir: Path, keep: np.ndarray | None
 ) -> dict:
@@ -138,6 +159,7 @@ def _train_row(
     if r["n_train"] != len(train_gs):  # bookkeeping: trained on exactly the kept events
         raise RuntimeError(f"{run_dir}: trained on {r['n_train']} events, kept {len(train_gs)}")
     return {
+        **row_identity(config, data, keep),
         "n_train": r["n_train"],
         "test": r["test"],
         "best_epoch": r["best_epoch"],
@@ -159,13 +181,15 @@ def _trained_scores(
     """Self-influence and final loss of ``data.train`` under the run ``key``: read from
     ``score_file`` if it is there, else trained (again, so that row and scores belong to the
     same checkpoints), scored and saved."""
+    identity = row_identity(cfg, data, None)
     if score_file.exists() and key in res.rows:
+        res.check(key, identity)
         z = np.load(score_file)
         if not np.array_equal(z["ids"], data.train.events.ids):
             raise RuntimeError(f"{score_file}: scores of other events; delete it")
         return z["si"], z["loss"]
     res.rows.pop(key, None)
-    res.get_or_run(key, _train_row, cfg, data, run_dir, None)
+    res.get_or_run(key, _train_row, cfg, data, run_dir, None, identity=identity)
     si, loss = _scores(run_dir, data, cfg, p.chunk_size)
     atomic_write_npz(
         score_file,
@@ -197,6 +221,10 @@ def _scores(run_dir: Path, data: PreparedData, config: TrainConfig, chunk_size: 
 
 
 # --------------------------------------------------------------------- driver
+class StudyError(HepattrError):
+    """A resumed study whose finished rows do not match what it would compute now."""
+
+
 class Results:
     """Rows keyed by name in ``results.json``; saved atomically after each row (resumable)."""
 
@@ -204,12 +232,39 @@ class Results:
         self.path = path
         self.rows = json.loads(path.read_text()) if path.exists() else {}
 
-    def get_or_run(self, key: str, fn, *args):
-        """The row ``key``, computing ``fn(*args)`` and saving it first if it is not there."""
+    def get_or_run(self, key: str, fn, *args, identity: dict | None = None):
+        """The row ``key``, computing ``fn(*args)`` and saving it first if it is not there.
+
+        ``identity`` (:func:`row_identity`): a finished row must carry the same values, or
+        StudyError names the row and what differs (rows written before these were recorded are
+        accepted with a warning).
+        """
+        if identity is not None:
+            self.check(key, identity)
         if key not in self.rows:
             self.rows[key] = fn(*args)
             atomic_write_json(self.path, self.rows)
         return self.rows[key]
+
+    def check(self, key: str, identity: dict) -> None:
+        """StudyError if the finished row ``key`` records another :func:`row_identity`."""
+        row = self.rows.get(key)
+        if row is None:
+            return
+        if not all(k in row for k in identity):
+            print(
+                f"   warning: {self.path}: row {key} records no kept-id digest (older study); "
+                "reused unchecked",
+                flush=True,
+            )
+            return
+        diffs = [f"{k}: recorded {row[k]} vs now {v}" for k, v in identity.items() if row[k] != v]
+        if diffs:
+            raise StudyError(
+                f"{self.path}: row {key!r} was computed on other events or settings than this "
+                f"study would use now ({'; '.join(diffs)}); delete the row (and its run "
+                "directory) to recompute it, or use another --out"
+            )
 
 
 def run_study(preset: str, out: Path, datasets: tuple[str, ...] | None = None) -> Path:
@@ -242,7 +297,15 @@ def run_study(preset: str, out: Path, datasets: tuple[str, ...] | None = None) -
             for rule, keep in removal_masks(si, loss, labels, p, seed).items():
                 print(f"   {tag}: {rule} (keep {int(keep.sum())})", flush=True)
                 rule_dir = out / "runs" / ds / f"seed{seed}" / rule
-                res.get_or_run(f"{tag}/{rule}", _train_row, cfg, data, rule_dir, keep)
+                res.get_or_run(
+                    f"{tag}/{rule}",
+                    _train_row,
+                    cfg,
+                    data,
+                    rule_dir,
+                    keep,
+                    identity=row_identity(cfg, data, keep),
+                )
         for seed in p.mislabel_seeds:
             _mislabel(res, out, ds, base, data, p, seed)
     physics = {ds: _physics_table(p, ds) for ds in p.datasets}
@@ -282,7 +345,14 @@ def _mislabel(
             keep = evaluation.remove_top_fraction(s, q)
             key = f"{tag}/remove_{name}_top_{q:g}"
             res.get_or_run(
-                key, _noisy_row, cfg, noisy, run_dir.parent / key.split("/")[-1], keep, flipped
+                key,
+                _noisy_row,
+                cfg,
+                noisy,
+                run_dir.parent / key.split("/")[-1],
+                keep,
+                flipped,
+                identity=row_identity(cfg, noisy, keep),
             )
 
 

@@ -10,12 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hepattr_jax.io_utils import save_figure  # noqa: E402
+
 DPI = 90
 
 
 def _save(fig, path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
     return Path(path)
 
@@ -264,11 +266,12 @@ def influence_split(summary: dict, path) -> Path:
         "RNA sparsity (both classes, mean)",
         ax[2],
     )
-    qs = list(k["coverage"])
+    qs = list(dict.fromkeys([*k["coverage"], *d["coverage"]]))
+    nan = float("nan")
     kept_vs_discarded(
         qs,
-        [k["coverage"][n] for n in qs],
-        [d["coverage"][n] for n in qs],
+        [nan if k["coverage"].get(n) is None else k["coverage"][n] for n in qs],
+        [nan if d["coverage"].get(n) is None else d["coverage"][n] for n in qs],
         None,
         None,
         "coverage by latent (3 PCs)",

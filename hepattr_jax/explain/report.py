@@ -24,6 +24,7 @@ from hepattr_jax.explain import plots
 from hepattr_jax.explain.activations import activation_patterns, correlations, pca
 from hepattr_jax.explain.cluster_report import clusters_section, render_clusters
 from hepattr_jax.explain.coverage import (
+    H_FACTORS,
     coverage_per_dimension,
     information_coverage,
     kde_goodness_of_fit,
@@ -35,7 +36,7 @@ from hepattr_jax.explain.importance import masking_importance, permutation_impor
 from hepattr_jax.explain.predict import LATENT, BatchedPredictor, bce
 from hepattr_jax.explain.sections import render_sections, run_sections
 from hepattr_jax.explain.shapley import aggregate_shapley, shapley_values
-from hepattr_jax.io_utils import atomic_write_json, atomic_write_text
+from hepattr_jax.io_utils import atomic_write_json, atomic_write_text, ensure_dir
 from hepattr_jax.metrics import auroc
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,7 @@ def explain_run(
     from hepattr_jax.scoring import scored_self_influence
 
     t_start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir)
     k_best, ckpt_desc = best_checkpoint(run)
     params = run.checkpoints.at(k_best)
     dataset = run.config.dataset
@@ -261,7 +261,8 @@ def explain_run(
     layer_cov = _layer_coverage(acts_sub, phys_sub)
     lat3 = pca(acts_sub[LATENT], N_PCS_COVERAGE)["scores"]
     u = uniform_scores(lat3)
-    sweep_h = layer_cov[LATENT][next(iter(phys_sub))]["sweep"]["h"]
+    # The bandwidths information_coverage sweeps for these 3 PCs (known without any quantity).
+    sweep_h = (np.asarray(H_FACTORS, np.float64) * silverman(*lat3.shape)).tolist()
     gof = [kde_goodness_of_fit(u, h, seed=seed) for h in sweep_h]
     timings["coverage"] = time.perf_counter() - t0
 
@@ -299,6 +300,7 @@ def explain_run(
             n_permutations=n_permutations,
             progress=False,
         )
+    align_quantities(split)
     timings["influence_split"] = time.perf_counter() - t0
     clusters = timed(
         "clusters",
@@ -356,12 +358,14 @@ def explain_run(
         progress=progress,
     )
 
-    # ---- figures
+    # ---- figures (those about physics quantities only when the run has some)
     figs = {
         "importance": plots.importance(perm, mask, out / "importance.png"),
         "shapley": plots.shapley(sh["values"], sh["groups"], y, out / "shapley.png", cnames),
         "rna": plots.rna(pats, out / "activation_patterns.png", cnames),
-        "coverage_neurons": plots.heatmap(
+    }
+    if phys:
+        figs["coverage_neurons"] = plots.heatmap(
             np.array([neuron_cov[qn] for qn in phys]).T[lat_order(neuron_cov)],
             [f"{LATENT}[{j}]" for j in lat_order(neuron_cov)],
             list(phys),
@@ -369,8 +373,8 @@ def explain_run(
             f"coverage by single latent neurons ({LATENT}), best 20",
             vmin=0,
             vmax=1,
-        ),
-        "coverage_layers": plots.heatmap(
+        )
+        figs["coverage_layers"] = plots.heatmap(
             np.array([[layer_cov[la][qn]["coverage"] for qn in phys] for la in layers]),
             layers,
             list(phys),
@@ -378,8 +382,8 @@ def explain_run(
             f"coverage by each layer's {N_PCS_COVERAGE} leading PCs",
             vmin=0,
             vmax=1,
-        ),
-        "coverage_sweep": plots.coverage_sweep(
+        )
+        figs["coverage_sweep"] = plots.coverage_sweep(
             {qn: layer_cov[LATENT][qn]["sweep"] for qn in phys},
             {
                 "h": sweep_h,
@@ -388,8 +392,8 @@ def explain_run(
             },
             out / "coverage_bandwidth.png",
             f"{LATENT}, {N_PCS_COVERAGE} PCs: coverage vs bandwidth",
-        ),
-        "latent_corr": plots.heatmap(
+        )
+        figs["latent_corr"] = plots.heatmap(
             np.array([pc_corr[qn] for qn in phys]).T,
             [f"PC {i + 1}" for i in range(N_PCS)],
             list(phys),
@@ -398,18 +402,18 @@ def explain_run(
             vmin=-1,
             vmax=1,
             cmap="coolwarm",
-        ),
-        "embedding": plots.embedding(
-            lat_pca["scores"],
-            y,
-            phys[_colour_quantity(phys)],
-            _colour_quantity(phys),
-            out / "latent_pca.png",
-            lat_pca["explained"],
-            cnames,
-        ),
-        "influence_split": plots.influence_split(split, out / "kept_vs_discarded.png"),
-    }
+        )
+    colour = _colour_quantity(phys)
+    figs["embedding"] = plots.embedding(
+        lat_pca["scores"],
+        y,
+        phys[colour] if colour else z0,
+        colour or "GNN output (logit)",
+        out / "latent_pca.png",
+        lat_pca["explained"],
+        cnames,
+    )
+    figs["influence_split"] = plots.influence_split(split, out / "kept_vs_discarded.png")
     figs.update(later_figs)
     timings["total"] = time.perf_counter() - t_start
 
@@ -500,11 +504,21 @@ def lat_order(neuron_cov: dict, top: int = 20) -> np.ndarray:
     return np.argsort(-m, kind="stable")[:top]
 
 
-def _colour_quantity(phys: dict) -> str:
+def _colour_quantity(phys: dict) -> str | None:
     for name in ("jet_mass", "m_ll", "met", "chg_mult"):
         if name in phys:
             return name
-    return next(iter(phys))
+    return next(iter(phys), None)
+
+
+def align_quantities(split: dict) -> None:
+    """Gives the kept and discarded diagnostics the same physics quantities, in place: a
+    quantity left out of one subset (constant there, or separating its classes perfectly, as
+    happens on small subsets) is ``None`` there, shown as n/a."""
+    for key in ("coverage", "max_abs_corr_pc", "physics_mean"):
+        names = list(dict.fromkeys(q for d in split.values() for q in d[key]))
+        for d in split.values():
+            d[key] = {q: d[key].get(q) for q in names}
 
 
 def _environment() -> dict:
@@ -645,10 +659,20 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
         lines.append(f"| {n} | {a['mean_abs']:.4f} | {a['mean_0']:+.4f} | {a['mean_1']:+.4f} |")
     cov = r["coverage"]
     quantities = list(cov["per_neuron_max"])
+    figs = r.get("figures", {})
     lines += [
         "",
         "## 3. Information coverage",
         "",
+    ]
+    if not quantities:
+        lines += [
+            "No physics quantities to cover: the data source has none (they are optional), or "
+            "every one is constant or separates the classes perfectly on these events. Only the "
+            "goodness of fit of the latent density estimate is reported.",
+            "",
+        ]
+    lines += [
         "coverage = (H(Y) - H(Y|X)) / H(Y), Y binned into 10 equal-population bins, p(y|x) from "
         "leave-one-out Gaussian KDEs on rank-transformed X, bandwidth chosen by leave-one-out "
         f"cross-entropy over a sweep (Silverman h = {cov['silverman_h']:.3f} for 3 dimensions). "
@@ -657,21 +681,28 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
         "| X | " + " | ".join(quantities) + " |",
         "|---|" + "---|" * len(quantities),
     ]
-    for la, d in cov["per_layer"].items():
+    for la, d in cov["per_layer"].items() if quantities else ():
         lines.append(
             f"| {la} (3 PCs) | " + " | ".join(f"{d[q]['coverage']:.3f}" for q in quantities) + " |"
         )
-    lines.append(
-        f"| best single {LATENT} neuron | "
-        + " | ".join(
-            f"{cov['per_neuron_max'][q]:.3f} (#{cov['per_neuron_argmax'][q]})" for q in quantities
+    if quantities:
+        lines.append(
+            f"| best single {LATENT} neuron | "
+            + " | ".join(
+                f"{cov['per_neuron_max'][q]:.3f} (#{cov['per_neuron_argmax'][q]})"
+                for q in quantities
+            )
+            + " |"
         )
-        + " |"
-    )
+    else:
+        del lines[-2:]  # no table without quantities
     g = cov["goodness_of_fit"]
+    if "coverage_layers" in figs:
+        lines += [
+            "",
+            "![coverage by layer](coverage_layers.png) ![coverage by neuron](coverage_neurons.png)",
+        ]
     lines += [
-        "",
-        "![coverage by layer](coverage_layers.png) ![coverage by neuron](coverage_neurons.png)",
         "",
         "Bandwidth sweep and goodness of fit (KDE of the latent's 3 PCs fitted on half the "
         "events, sampled, compared with the other half by KS):",
@@ -683,8 +714,7 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
         + " | ".join("yes" if x["passed"] else "no" for x in g)
         + " |",
         "",
-        "![bandwidth](coverage_bandwidth.png)",
-        "",
+        *(["![bandwidth](coverage_bandwidth.png)", ""] if "coverage_sweep" in figs else []),
         "## 4. Neural activation patterns",
         "",
         "Relative neural activation per layer and class (summed activations over the test "
@@ -721,9 +751,15 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
         )
     isp = r["influence_split"]
     k, d = isp["kept"], isp["discarded"]
+    if not lat["pc_correlation"]:
+        lines.append("| (no physics quantities in this run) | | | | |")
     lines += [
         "",
-        "![latent correlation](latent_correlation.png) ![latent PCA](latent_pca.png)",
+        (
+            "![latent correlation](latent_correlation.png) ![latent PCA](latent_pca.png)"
+            if "latent_corr" in figs
+            else "![latent PCA](latent_pca.png)"
+        ),
         "",
         "## 6. Influence meets explanation",
         "",
@@ -750,12 +786,16 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
         )
     for la in k["sparsity"]:
         lines.append(f"| RNA sparsity: {la} | {k['sparsity'][la]:.3f} | {d['sparsity'][la]:.3f} |")
-    for q in k["coverage"]:
+    for q in dict.fromkeys([*k["coverage"], *d["coverage"]]):
         lines.append(
-            f"| coverage of {q} by latent | {k['coverage'][q]:.3f} | {d['coverage'][q]:.3f} |"
+            f"| coverage of {q} by latent | {_fmt(k['coverage'].get(q), 3)} | "
+            f"{_fmt(d['coverage'].get(q), 3)} |"
         )
-    for q in k["physics_mean"]:
-        lines.append(f"| mean {q} | {k['physics_mean'][q]:.3f} | {d['physics_mean'][q]:.3f} |")
+    for q in dict.fromkeys([*k["physics_mean"], *d["physics_mean"]]):
+        lines.append(
+            f"| mean {q} | {_fmt(k['physics_mean'].get(q), 3)} | "
+            f"{_fmt(d['physics_mean'].get(q), 3)} |"
+        )
     lines += ["", "![kept vs discarded](kept_vs_discarded.png)"]
     lines += render_sections(r.get("later_sections"))
     lines += render_clusters(r.get("clusters"), cnames)
@@ -787,5 +827,5 @@ def _players(groups: dict) -> str:
     return ", ".join(f"**{k}** ({', '.join(v)})" for k, v in groups.items())
 
 
-def _fmt(x):
-    return "n/a" if x is None else f"{x:.4f}"
+def _fmt(x, digits: int = 4):
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
