@@ -272,11 +272,11 @@ def correlated_section(
 
 def plot_correlated(sec: dict, path):
     """Feature correlation matrix (left) beside plain, conditional and grouped importance."""
-    from hepattr_jax.explain.plots import _save, plt
+    from hepattr_jax.explain.plots import _save, subplots
 
     names = sec["names"]
     k = len(names)
-    fig, ax = plt.subplots(1, 2, figsize=(13, 0.4 * k + 2.5), width_ratios=[1.1, 1])
+    fig, ax = subplots(1, 2, figsize=(13, 0.4 * k + 2.5), width_ratios=[1.1, 1])
     im = ax[0].imshow(np.asarray(sec["corr"]), cmap="coolwarm", vmin=-1, vmax=1)
     ax[0].set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
     ax[0].set_yticks(range(k), names, fontsize=7)

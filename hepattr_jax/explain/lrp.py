@@ -352,10 +352,10 @@ def _top_share(per_constituent: np.ndarray, offsets: np.ndarray) -> float:
 
 def plot_lrp(sec: dict, path) -> object:
     """Normalised feature scores per method (bars), and per-event conservation gaps."""
-    from hepattr_jax.explain.plots import _save, plt
+    from hepattr_jax.explain.plots import _save, subplots
 
     feats = sec["features"]
-    fig, ax = plt.subplots(1, 3, figsize=(14, 0.35 * len(feats) + 2.2))
+    fig, ax = subplots(1, 3, figsize=(14, 0.35 * len(feats) + 2.2))
     yy = np.arange(len(feats))
     methods = list(sec["scores"])
     w = 0.8 / len(methods)

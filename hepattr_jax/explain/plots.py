@@ -1,25 +1,19 @@
-"""Figures of the explanation report (matplotlib, Agg backend, files only)."""
+"""Figures of the explanation report (files only; made through :mod:`hepattr_jax.plotting`,
+so importing this module leaves the caller's matplotlib backend alone)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from hepattr_jax.io_utils import save_figure  # noqa: E402
+from hepattr_jax.plotting import save, subplots
 
 DPI = 90
 
 
 def _save(fig, path) -> Path:
-    fig.tight_layout()
-    save_figure(fig, path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, dpi=DPI)
 
 
 def importance(perm: dict, mask: dict, path) -> Path:
@@ -27,7 +21,7 @@ def importance(perm: dict, mask: dict, path) -> Path:
     output change per class), error bars = std over repeats."""
     names = list(perm["groups"])
     y = np.arange(len(names))
-    fig, ax = plt.subplots(1, 3, figsize=(12, 0.35 * len(names) + 1.8), sharey=True)
+    fig, ax = subplots(1, 3, figsize=(12, 0.35 * len(names) + 1.8), sharey=True)
     for a, key, title in (
         (ax[0], "delta_loss", "permutation: loss increase"),
         (ax[1], "delta_auroc", "permutation: AUROC drop"),
@@ -66,7 +60,7 @@ def shapley(
     values = np.asarray(values)
     g = len(names)
     y = np.arange(g)
-    fig, ax = plt.subplots(1, 2, figsize=(11, 0.4 * g + 1.8))
+    fig, ax = subplots(1, 2, figsize=(11, 0.4 * g + 1.8))
     for c in (0, 1):
         sel = labels == c
         ax[0].barh(
@@ -110,7 +104,7 @@ def heatmap(
     fmt="{:.2f}",
 ) -> Path:
     mat = np.asarray(mat, np.float64)
-    fig, ax = plt.subplots(figsize=(0.8 * len(cols) + 2.5, 0.35 * len(rows) + 1.5))
+    fig, ax = subplots(figsize=(0.8 * len(cols) + 2.5, 0.35 * len(rows) + 1.5))
     im = ax.imshow(mat, aspect="auto", vmin=vmin, vmax=vmax, cmap=cmap)
     ax.set_xticks(range(len(cols)), cols, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -134,7 +128,7 @@ def heatmap(
 
 def coverage_sweep(sweeps: dict, gof: dict, path, title: str) -> Path:
     """Coverage against bandwidth per quantity, and the KDE goodness of fit (KS) against h."""
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, ax = subplots(1, 2, figsize=(10, 3.8))
     for name, s in sweeps.items():
         ax[0].plot(s["h"], s["coverage"], "o-", label=name, ms=3)
     ax[0].set_xscale("log")
@@ -163,7 +157,7 @@ def rna(patterns: dict, path, class_names=("class 0", "class 1")) -> Path:
         o = p["order"]
         for k in mats:
             mats[k][i, : len(o)] = np.asarray(p[k])[o]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 0.4 * len(layers) + 1.8), sharey=True)
+    fig, ax = subplots(1, 3, figsize=(15, 0.4 * len(layers) + 1.8), sharey=True)
     for a, (k, t) in zip(
         ax,
         (
@@ -197,7 +191,7 @@ def embedding(
     class_names=("class 0", "class 1"),
 ) -> Path:
     """2-D PCA embedding coloured by class and by a physics quantity."""
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, ax = subplots(1, 2, figsize=(10, 4.2))
     for c in (0, 1):
         s = labels == c
         ax[0].scatter(scores[s, 0], scores[s, 1], s=3, alpha=0.4, label=class_names[c])
@@ -235,7 +229,7 @@ def influence_split(summary: dict, path) -> Path:
     """Kept vs discarded (GNN-IRST rule): permutation AUROC drop, Shapley mean |phi|,
     RNA sparsity per layer and latent coverage per quantity."""
     k, d = summary["kept"], summary["discarded"]
-    fig, ax = plt.subplots(1, 4, figsize=(17, 4.5))
+    fig, ax = subplots(1, 4, figsize=(17, 4.5))
     names = list(k["permutation"]["groups"])
     kept_vs_discarded(
         names,
@@ -286,7 +280,7 @@ def embeddings_grid(embeddings: dict, colours: dict, path, title: str) -> Path:
     columns: the colourings ``{name: (values [N], cmap)}`` indexed by ``positions``. Axes span
     the central 99 % of each embedding (a few extreme events would squash the rest)."""
     rows, cols = list(embeddings), list(colours)
-    fig, ax = plt.subplots(
+    fig, ax = subplots(
         len(rows), len(cols), figsize=(3.2 * len(cols), 3.0 * len(rows)), squeeze=False
     )
     for i, en in enumerate(rows):
@@ -328,7 +322,7 @@ def embeddings_grid(embeddings: dict, colours: dict, path, title: str) -> Path:
 
 def elbow(ks, inertia, k_chosen: int, path, title: str) -> Path:
     """k-means inertia against k with the elbow marked."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    fig, ax = subplots(figsize=(4.5, 3.4))
     ax.plot(ks, inertia, "o-", ms=4)
     ax.axvline(k_chosen, color="C3", ls="--", lw=0.8, label=f"elbow k = {k_chosen}")
     ax.set_xlabel("k")
@@ -343,7 +337,7 @@ def cluster_summary(rows: list, flags: list, path, title: str, class_names=("0",
     and 90 % quantile."""
     ids = [str(r["cluster"]) for r in rows]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, ax = subplots(1, 3, figsize=(13, 3.6))
     ax[0].bar(x, [r["n"] for r in rows], color="grey")
     ax[0].set_ylabel("events")
     w = 0.8 / (1 + len(flags))
