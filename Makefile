@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check hepattr_jax tests benchmarks experiments
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff format --check hepattr_jax tests benchmarks experiments
+	$(BIN)/python -m pytest -q --durations=15
+
+# The inner loop: everything but the end-to-end and subprocess tests (marked slow).
+test-fast: $(STAMP)
+	$(BIN)/ruff check hepattr_jax tests benchmarks experiments
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check hepattr_jax tests benchmarks experiments
