@@ -10,7 +10,8 @@ from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, fsyncs, then renames over ``path``."""
+    """Writes ``data`` to a temporary file beside ``path``, fsyncs, renames over ``path``, then
+    fsyncs the directory (so the rename itself survives a power loss, not only a crash)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -20,10 +21,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory's entry table (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

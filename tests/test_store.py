@@ -360,3 +360,26 @@ def test_interrupted_self_influence_resumes_to_the_uninterrupted_result(
     assert stored["scores_per_checkpoint"].tobytes() == direct.tobytes()
     assert stored["scores"].tobytes() == total.tobytes()
     np.testing.assert_array_equal(stored["event_ids"], gs.events.ids)
+
+
+def test_atomic_write_fsyncs_the_file_then_its_directory(tmp_path, monkeypatch):
+    """A finished chunk must survive a power loss: the data is fsynced before the rename and the
+    directory (holding the new name) after it."""
+    import stat
+
+    from hepattr_jax import io_utils
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording(fd):
+        st = os.fstat(fd)
+        synced.append(("dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(io_utils.os, "fsync", recording)
+    target = tmp_path / "sub" / "x.bin"
+    io_utils.atomic_write_bytes(target, b"payload")
+    assert target.read_bytes() == b"payload"
+    assert [kind for kind, _ in synced] == ["file", "dir"]
+    assert synced[0][1] == target.stat().st_ino and synced[1][1] == target.parent.stat().st_ino
