@@ -306,7 +306,11 @@ def scored_trak(
     Features of each run and split go to ``store_dir/features/run<i>_<split>`` (resumable
     stores); the result, ``store_dir`` itself, holds ``scores.npy`` ``[N, M]``,
     ``self_influence.npy`` ``[N]``, ``event_ids.npy`` and ``test_event_ids.npy``, with a meta
-    naming every member's checkpoints, the projection and ``damping``.
+    naming every member's checkpoints and data fingerprint, the projection and ``damping``.
+
+    Raises:
+      ConfigError: the runs' data fingerprints differ (same event ids but other labels or
+        normalisation, say: both run directories named) or their events differ.
     """
     import jax
 
@@ -317,6 +321,13 @@ def scored_trak(
         raise ConfigError("scored_trak: no runs")
     store_dir = Path(store_dir)
     train0, test0 = split_of(runs[0], "train"), split_of(runs[0], test_split)
+    for run in runs[1:]:
+        if run.data.fingerprint != runs[0].data.fingerprint:
+            raise ConfigError(
+                f"{run.run_dir}: data fingerprint {run.data.fingerprint} differs from "
+                f"{runs[0].data.fingerprint} of {runs[0].run_dir} (other events, labels or "
+                "normalisation); ensemble members must be trained on the same data"
+            )
     parts_tr, parts_te = [], []
     for i, run in enumerate(runs):
         for split, ref, parts in (("train", train0, parts_tr), (test_split, test0, parts_te)):
@@ -344,6 +355,7 @@ def scored_trak(
         members.append(
             {
                 "config_fingerprint": run.config.fingerprint(),
+                "data_fingerprint": run.data.fingerprint,
                 "checkpoint_steps": [int(s) for s in ck.steps],
                 "checkpoint_hashes": list(ck.hashes),
             }

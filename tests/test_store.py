@@ -383,3 +383,35 @@ def test_atomic_write_fsyncs_the_file_then_its_directory(tmp_path, monkeypatch):
     assert target.read_bytes() == b"payload"
     assert [kind for kind, _ in synced] == ["file", "dir"]
     assert synced[0][1] == target.stat().st_ino and synced[1][1] == target.parent.stat().st_ino
+
+
+# --------------------------------------------------------------------- TRAK ensembles
+def test_trak_ensemble_refuses_members_of_other_data_and_records_each_fingerprint(
+    toy_run, tmp_path
+):
+    """Same event ids, other labels (a noisy-label run): refused, naming both run directories,
+    before any feature is computed. Members of the same data: each member's fingerprint is in
+    the result's meta."""
+    from hepattr_jax.errors import ConfigError
+    from hepattr_jax.projection import Projector
+    from hepattr_jax.scoring import scored_trak
+
+    raw = toy_events()
+    flipped = dataclasses.replace(raw, labels=1 - raw.labels)
+    noisy = dataclasses.replace(
+        toy_run,
+        run_dir=tmp_path / "noisy_run",
+        data=prepare_data(toy_run.config, flipped),
+    )
+    np.testing.assert_array_equal(noisy.data.train.events.ids, toy_run.data.train.events.ids)
+    proj = Projector(4, seed=0)
+    with pytest.raises(ConfigError) as e:
+        scored_trak([toy_run, noisy], tmp_path / "trak_bad", proj, chunk_size=4, progress=False)
+    msg = str(e.value)
+    assert str(toy_run.run_dir) in msg and str(noisy.run_dir) in msg and "fingerprint" in msg
+    assert not (tmp_path / "trak_bad" / "features").exists()
+
+    twin = dataclasses.replace(toy_run, run_dir=tmp_path / "twin_run")
+    scored_trak([toy_run, twin], tmp_path / "trak", proj, chunk_size=4, progress=False)
+    members = read_result(tmp_path / "trak").meta["members"]
+    assert [m["data_fingerprint"] for m in members] == [toy_run.data.fingerprint] * 2
