@@ -26,3 +26,21 @@ def hardware() -> str:
     if dev.platform != "cpu":
         return f"{dev.platform}: {dev.device_kind}"
     return f"cpu: {cpu_model()} ({os.cpu_count()} cores)"
+
+
+def compute_environment() -> dict[str, str]:
+    """What a computed number may depend on beyond its inputs: the JAX ``backend`` (cpu, gpu,
+    tpu), the first device's ``device_kind``, and the ``jax`` and ``jaxlib`` versions.
+
+    Score stores compare it when reopened (:mod:`hepattr_jax.store`), so chunks computed under
+    another backend or JAX release are not silently mixed into one result.
+    """
+    import jax
+    import jaxlib
+
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+    }

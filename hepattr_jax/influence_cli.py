@@ -5,9 +5,11 @@
   chunks not yet on disk. Writes ``scores.npy`` ``[N]``, ``scores_per_checkpoint.npy`` ``[K, N]``
   and ``event_ids.npy``.
 * ``matrix``: the ``[N_train, N_test]`` influence matrix as ``influence.npy`` with
-  ``event_ids.npy`` (rows, train) and ``test_event_ids.npy`` (columns).
+  ``event_ids.npy`` (rows, train) and ``test_event_ids.npy`` (columns); resumable (one store
+  chunk per test block and train chunk).
 * ``topk``: the ``k`` strongest proponents and opponents of every test event, as train event ids
-  and scores in ``topk.npz``, and ``topk_summary.md`` for the first few test events.
+  and scores in ``topk.npz``, and ``topk_summary.md`` for the first few test events; resumable
+  (each test block and train chunk's own top-k is stored, then merged).
 
 * ``trak``: TRAK (:mod:`hepattr_jax.trak`) ensembled over one or more runs of the same data:
   ``scores.npy`` ``[N_train, N_test]``, ``self_influence.npy``, ids; each run's projected
@@ -15,7 +17,9 @@
 
 Results go to ``RUN_DIR/influence/<kind>_<split>`` unless ``--out`` says otherwise; every output
 directory is a :mod:`hepattr_jax.store` (``meta.json`` records the checkpoints, data and settings,
-and a directory made from other inputs is refused).
+and a directory made from other inputs is refused). A store made under another JAX backend,
+device kind or jax/jaxlib version is refused too, unless ``--allow-environment-change`` (the mix
+is then recorded in its ``meta.json`` as ``environment_changes``).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ def add_parser(subparsers) -> None:
         )
         q.add_argument("--quiet", action="store_true", help="no progress bars")
         allow_missing(q)
+        _env_flag(q)
 
     s = sub.add_parser("self", help="self-influence of every event of a split (resumable)")
     common(s)
@@ -105,6 +110,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--out", type=Path, help="output directory (default RUN_DIR[0]/influence/trak)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     allow_missing(t)
+    _env_flag(t)
     t.set_defaults(func=_cmd_trak)
 
 
@@ -115,6 +121,15 @@ def allow_missing(q) -> None:
         action="store_true",
         help="use the checkpoints on disk even if the run's metrics.json lists others or the "
         "run has not finished (default: refuse; the scores would not be the run's TracIn)",
+    )
+
+
+def _env_flag(q) -> None:
+    q.add_argument(
+        "--allow-environment-change",
+        action="store_true",
+        help="resume a store made under another JAX backend, device kind or jax/jaxlib version "
+        "(refused by default; the mix is recorded in its meta.json)",
     )
 
 
@@ -140,7 +155,12 @@ def _cmd_self(args) -> int:
     run = _load(args)
     out = args.out or args.run_dir / "influence" / f"self_influence_{args.split}"
     ids, total, per_k = scored_self_influence(
-        run, out, split=args.split, chunk_size=args.chunk_size, progress=not args.quiet
+        run,
+        out,
+        split=args.split,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+        allow_environment_change=args.allow_environment_change,
     )
     labels = getattr(run.data, args.split).events.labels
     print(
@@ -166,6 +186,7 @@ def _cmd_matrix(args) -> int:
         chunk_size=args.chunk_size,
         test_block=args.test_block,
         progress=not args.quiet,
+        allow_environment_change=args.allow_environment_change,
     )
     print(
         f"influence of {len(ids)} train events on {len(test_ids)} {args.test_split} events "
@@ -213,6 +234,7 @@ def _cmd_topk(args) -> int:
         chunk_size=args.chunk_size,
         test_block=args.test_block,
         progress=not args.quiet,
+        allow_environment_change=args.allow_environment_change,
     )
     ev_tr, ev_te = run.data.train.events, getattr(run.data, args.test_split).events
     summary = topk_summary(
@@ -256,6 +278,7 @@ def _cmd_trak(args) -> int:
         damping=args.damping,
         chunk_size=args.chunk_size,
         progress=not args.quiet,
+        allow_environment_change=args.allow_environment_change,
     )
     s, si = arrays["scores"], arrays["self_influence"]
     print(

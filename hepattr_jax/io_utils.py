@@ -53,8 +53,9 @@ def ensure_dir(path: str | Path) -> Path:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, fsyncs, then renames over ``path``
-    (mode ``0666 & ~umask``). A failure leaves any previous ``path`` as it was."""
+    """Writes ``data`` to a temporary file beside ``path``, fsyncs, renames over ``path``
+    (mode ``0666 & ~umask``), then fsyncs the directory (so the rename itself survives a power
+    loss, not only a crash). A failure leaves any previous ``path`` as it was."""
     path = Path(path)
     ensure_dir(path.parent)
     tmp = None
@@ -66,6 +67,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as e:
         _discard(tmp)
         raise write_error(path, e) from e
@@ -91,6 +93,18 @@ def save_figure(fig, path: str | Path, **savefig_kw) -> Path:
     fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig_kw)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory's entry table (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from hepattr_jax.environment import compute_environment
 from hepattr_jax.errors import StoreError
 from hepattr_jax.store import SPLITS, ScoreStore, ids_digest, read_finished
 
@@ -50,7 +51,8 @@ def layout_name(layout) -> str:
 
 def run_meta(run: Run, kind: str, gs: GraphSet, *, split: str, chunk_size: int, layout) -> dict:
     """The store meta for scores of ``gs`` (the ``split`` of ``run``) under ``run``'s
-    checkpoints: what identifies the inputs, plus informational ``run_dir`` and versions."""
+    checkpoints: what identifies the inputs and the ``environment`` (backend, device kind,
+    jax/jaxlib: compared on reopen), plus informational ``run_dir`` and versions."""
     import jax
 
     ck = run.checkpoints
@@ -68,6 +70,7 @@ def run_meta(run: Run, kind: str, gs: GraphSet, *, split: str, chunk_size: int, 
         "chunk_size": int(chunk_size),
         "layout": layout_name(layout),
         "dtype": "float64",
+        "environment": compute_environment(),
         "versions": {"jax": jax.__version__, "numpy": np.__version__, "hepattr_jax": _version()},
     }
 
@@ -96,6 +99,7 @@ def scored_self_influence(
     split: str = "train",
     chunk_size: int = 64,
     progress: bool = True,
+    allow_environment_change: bool = False,
 ) -> SelfInfluenceScores:
     """TracIn self-influence of ``run``'s ``split`` events, persisted chunk by chunk in a
     :class:`ScoreStore` at ``store_dir`` and resumed from it.
@@ -106,7 +110,7 @@ def scored_self_influence(
     Rerunning after a crash computes only the chunks not on disk; the result equals that of an
     uninterrupted run bit for bit. A finished store made from the same inputs is read back
     (:func:`hepattr_jax.store.read_finished`) without a lock or any write, so it may be
-    read-only.
+    read-only. ``allow_environment_change``: see :meth:`ScoreStore.open`.
     """
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
@@ -118,7 +122,8 @@ def scored_self_influence(
     if done is not None:
         a = done.arrays
         return SelfInfluenceScores(a["event_ids"], a["scores"], a["scores_per_checkpoint"])
-    with ScoreStore.open(store_dir, meta) as store:
+    allow_env = allow_environment_change
+    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
         tracin.self_influence(
             layout,
             run.checkpoints,
@@ -163,10 +168,17 @@ def scored_influence_matrix(
     chunk_size: int = 64,
     test_block: int | None = None,
     progress: bool = True,
+    allow_environment_change: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(train_ids [N], test_ids [M], influence [N, M])`` of
     :func:`hepattr_jax.tracin.influence_matrix`, saved in a store at ``store_dir`` as
-    ``influence.npy``, ``event_ids.npy`` (rows, train) and ``test_event_ids.npy`` (columns)."""
+    ``influence.npy``, ``event_ids.npy`` (rows, train) and ``test_event_ids.npy`` (columns).
+
+    Resumable like :func:`scored_self_influence`: each (test block, train chunk) is a store chunk
+    (positions: train positions ``[c]``; values: ``[M_b, c]``, the block's columns; index:
+    :func:`hepattr_jax.tracin.train_test_index`), so a rerun computes only the missing ones and
+    the assembled matrix is the uninterrupted run's, bit for bit.
+    """
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
 
@@ -174,19 +186,65 @@ def scored_influence_matrix(
     layout = layout_for(run.model, train)
     test_block = test_block or tracin.default_test_block(run.checkpoints)
     meta = _train_test_meta(run, "influence_matrix", test_split, chunk_size, test_block, layout)
-    with ScoreStore.open(store_dir, meta) as store:
-        m = tracin.influence_matrix(
+    allow_env = allow_environment_change
+    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
+        seen = _ChunkLog(store)
+        tracin.train_test_chunks(
             layout,
             run.checkpoints,
             train,
             test,
+            lambda index, block, pos, scores: store.write_chunk(index, pos, scores.T),
             chunk_size=chunk_size,
             test_block=test_block,
             progress=progress,
+            skip_chunk=seen.skip,
         )
+        seen.log()
+        m = np.zeros((len(train), len(test)))
+        filled = np.zeros((len(train), len(test)), np.int64)
+        blocks = _test_blocks(len(test), test_block)
+        for index in seen.indices:
+            pos, vals = store.read_chunk(index)
+            block = blocks[index // len(train)]
+            if vals.shape != (len(block), len(pos)):
+                raise StoreError(
+                    f"{store.chunk_path(index)}: values {list(vals.shape)}, expected "
+                    f"[{len(block)}, {len(pos)}]"
+                )
+            m[np.ix_(pos, block)] = vals.T
+            filled[np.ix_(pos, block)] += 1
+        if np.any(filled != 1):
+            raise StoreError(
+                f"{store.directory}: chunks do not cover every (train, test) pair exactly once"
+            )
         ids, test_ids = train.events.ids.astype(np.int64), test.events.ids.astype(np.int64)
         store.finalize({"influence": m, "event_ids": ids, "test_event_ids": test_ids})
     return ids, test_ids, m
+
+
+class _ChunkLog:
+    """A ``skip_chunk`` hook that records every chunk index the driver visits (computed or
+    skipped), so a result is assembled from exactly the chunks of this run's chunking."""
+
+    def __init__(self, store: ScoreStore):
+        self.store, self.indices = store, []
+
+    def skip(self, index: int) -> bool:
+        self.indices.append(int(index))
+        return self.store.has(index)
+
+    def log(self) -> None:
+        log.info(
+            "%s: %d chunk(s) reused from disk, %d computed",
+            self.store.directory,
+            len(self.indices) - self.store.n_written,
+            self.store.n_written,
+        )
+
+
+def _test_blocks(n_test: int, test_block: int) -> list[np.ndarray]:
+    return [np.arange(s, min(s + test_block, n_test)) for s in range(0, n_test, test_block)]
 
 
 def scored_top_k(
@@ -198,11 +256,22 @@ def scored_top_k(
     chunk_size: int = 64,
     test_block: int | None = None,
     progress: bool = True,
+    allow_environment_change: bool = False,
 ) -> dict[str, np.ndarray]:
     """Top-``k`` proponents and opponents (:func:`hepattr_jax.tracin.top_k`) of every
     ``test_split`` event, as train *event ids* and scores, saved as ``topk.npz`` in a store:
     ``test_event_ids [M]``, ``proponent_ids``/``opponent_ids`` int64 ``[M, k]`` and
-    ``proponent_scores``/``opponent_scores`` float64 ``[M, k]``, strongest first."""
+    ``proponent_scores``/``opponent_scores`` float64 ``[M, k]``, strongest first.
+
+    Resumable: each (test block, train chunk) persists its own top-k
+    (:func:`hepattr_jax.tracin.chunk_top_k`) as a store chunk (positions: the block's test
+    positions ``[M_b]``; values float64 ``[4, k_c, M_b]``: proponent scores, proponent train
+    positions, opponent scores, opponent train positions; positions are integers < 2**53, exact
+    in float64). The result merges the chunks with :func:`hepattr_jax.tracin.merge_top_k`, whose
+    ranking is a strict total order, so a resumed run is byte-identical to an uninterrupted
+    one (and to :func:`hepattr_jax.tracin.top_k`). Disk: ``4 k`` values per test event and
+    train chunk, never the ``N x M`` matrix.
+    """
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
 
@@ -211,24 +280,48 @@ def scored_top_k(
     test_block = test_block or tracin.default_test_block(run.checkpoints)
     k = min(int(k), len(train))
     meta = _train_test_meta(run, "top_k", test_split, chunk_size, test_block, layout, k=k)
-    with ScoreStore.open(store_dir, meta) as store:
-        tk = tracin.top_k(
+
+    allow_env = allow_environment_change
+    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
+
+        def persist(index, block, pos, scores):
+            ps, pi, os_, oi = tracin.chunk_top_k(pos, scores, k)
+            vals = np.stack([ps.T, pi.T.astype(np.float64), os_.T, oi.T.astype(np.float64)])
+            store.write_chunk(index, block, vals)
+
+        seen = _ChunkLog(store)
+        tracin.train_test_chunks(
             layout,
             run.checkpoints,
             train,
             test,
-            k,
+            persist,
             chunk_size=chunk_size,
             test_block=test_block,
             progress=progress,
+            skip_chunk=seen.skip,
         )
+        seen.log()
+        blocks = _test_blocks(len(test), test_block)
+        per_block: dict[int, list] = {b: [] for b in range(len(blocks))}
+        for index in seen.indices:
+            pos, vals = store.read_chunk(index)
+            b = index // len(train)
+            if vals.ndim != 3 or vals.shape[0] != 4 or not np.array_equal(pos, blocks[b]):
+                raise StoreError(f"{store.chunk_path(index)}: not a top-k chunk of test block {b}")
+            ps, pi, os_, oi = vals.transpose(0, 2, 1)
+            per_block[b].append((ps, pi.astype(np.int64), os_, oi.astype(np.int64)))
+        merged = [tracin.merge_top_k(per_block[b], k) for b in range(len(blocks))]
+        pro_s, pro_i, opp_s, opp_i = (np.concatenate([p[j] for p in merged]) for j in range(4))
+        if pro_i.shape != (len(test), k):
+            raise StoreError(f"{store.directory}: top-k chunks do not cover the train set")
         train_ids = train.events.ids.astype(np.int64)
         arrays = {
             "test_event_ids": test.events.ids.astype(np.int64),
-            "proponent_ids": train_ids[tk.proponents],
-            "proponent_scores": tk.proponent_scores,
-            "opponent_ids": train_ids[tk.opponents],
-            "opponent_scores": tk.opponent_scores,
+            "proponent_ids": train_ids[pro_i],
+            "proponent_scores": pro_s,
+            "opponent_ids": train_ids[opp_i],
+            "opponent_scores": opp_s,
         }
         store.finalize(arrays, npz="topk")
     return arrays
@@ -255,6 +348,7 @@ def scored_trak_features(
     checkpoints: str = "last",
     chunk_size: int = 64,
     progress: bool = True,
+    allow_environment_change: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(ids [N], features [K, N, d], margins [K, N])``: TRAK features
     (:func:`hepattr_jax.trak.featurize`) of ``run``'s ``split`` events at its ``"last"`` or
@@ -276,7 +370,8 @@ def scored_trak_features(
     dtype = np.dtype(jax.tree_util.tree_leaves(ck.params)[0].dtype)
     meta.update(projection=projector.to_meta(), output="margin", dtype=dtype.name)
     d = projector.proj_dim
-    with ScoreStore.open(store_dir, meta) as store:
+    allow_env = allow_environment_change
+    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
         trak.featurize(
             layout,
             ck,
@@ -305,6 +400,7 @@ def scored_trak(
     damping: float = 1e-3,
     chunk_size: int = 64,
     progress: bool = True,
+    allow_environment_change: bool = False,
 ) -> dict[str, np.ndarray]:
     """TRAK scores of every train event on every ``test_split`` event, ensembled over ``runs``
     (each contributing its ``"last"`` or ``"all"`` checkpoints), and TRAK self-influence.
@@ -312,7 +408,11 @@ def scored_trak(
     Features of each run and split go to ``store_dir/features/run<i>_<split>`` (resumable
     stores); the result, ``store_dir`` itself, holds ``scores.npy`` ``[N, M]``,
     ``self_influence.npy`` ``[N]``, ``event_ids.npy`` and ``test_event_ids.npy``, with a meta
-    naming every member's checkpoints, the projection and ``damping``.
+    naming every member's checkpoints and data fingerprint, the projection and ``damping``.
+
+    Raises:
+      ConfigError: the runs' data fingerprints differ (same event ids but other labels or
+        normalisation, say: both run directories named) or their events differ.
     """
     import jax
 
@@ -321,8 +421,16 @@ def scored_trak(
 
     if not runs:
         raise ConfigError("scored_trak: no runs")
+    allow_env = allow_environment_change
     store_dir = Path(store_dir)
     train0, test0 = split_of(runs[0], "train"), split_of(runs[0], test_split)
+    for run in runs[1:]:
+        if run.data.fingerprint != runs[0].data.fingerprint:
+            raise ConfigError(
+                f"{run.run_dir}: data fingerprint {run.data.fingerprint} differs from "
+                f"{runs[0].data.fingerprint} of {runs[0].run_dir} (other events, labels or "
+                "normalisation); ensemble members must be trained on the same data"
+            )
     parts_tr, parts_te = [], []
     for i, run in enumerate(runs):
         for split, ref, parts in (("train", train0, parts_tr), (test_split, test0, parts_te)):
@@ -340,6 +448,7 @@ def scored_trak(
                 checkpoints=checkpoints,
                 chunk_size=chunk_size,
                 progress=progress,
+                allow_environment_change=allow_environment_change,
             )
             parts.append((f, m))
     ftr, mtr = trak.stack_members(parts_tr)
@@ -350,6 +459,7 @@ def scored_trak(
         members.append(
             {
                 "config_fingerprint": run.config.fingerprint(),
+                "data_fingerprint": run.data.fingerprint,
                 "checkpoint_steps": [int(s) for s in ck.steps],
                 "checkpoint_hashes": list(ck.hashes),
             }
@@ -369,9 +479,10 @@ def scored_trak(
         "checkpoints": checkpoints,
         "chunk_size": int(chunk_size),
         "dtype": "float64",
+        "environment": compute_environment(),
         "versions": {"jax": jax.__version__, "numpy": np.__version__, "hepattr_jax": _version()},
     }
-    with ScoreStore.open(store_dir, meta) as store:
+    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
         factors = trak.gram_factors(ftr, damping=damping)  # shared by both results
         arrays = {
             "scores": trak.trak_scores(ftr, mtr, fte, damping=damping, factors=factors),

@@ -16,8 +16,17 @@ split, one set of settings)::
 (:func:`ids_digest` of the scored events' ids), ``n_events``, ``chunk_size``, ``layout`` and
 ``dtype``, plus any settings. Reopening a directory with a meta that differs in any key other than
 the informational ones (:data:`INFO_KEYS`: where the run lives, library versions) raises
-:class:`~hepattr_jax.errors.StoreError` naming the directory and every differing key, so chunks of
-two runs are never mixed.
+:class:`~hepattr_jax.errors.StoreError` naming the directory and every differing key (a dict value
+by sub-key, e.g. ``environment.jax``), so chunks of two runs are never mixed.
+
+Environment. ``meta["environment"]`` (:func:`hepattr_jax.environment.compute_environment`: JAX
+backend, device kind, jax and jaxlib versions) is compared like any other key: chunks computed
+under another backend or jax release are not mixed into a resumed result by default. Opening with
+``allow_environment_change=True`` (CLI: ``--allow-environment-change``) accepts a differing
+environment, and records the mix: the new environment is appended to
+``meta["environment_changes"]`` in ``meta.json`` (the stored ``environment`` stays the first
+one). ``environment_changes`` is a record, not an input: it is neither compared nor part of the
+``meta_sha`` chunks and ``result.json`` carry.
 
 Resuming. Chunk indices are deterministic for a given data split and ``chunk_size`` (see
 :func:`hepattr_jax.tracin.self_influence`), so a run killed part way is restarted with
@@ -69,6 +78,9 @@ STORE_FORMAT = "hepattr-score-store/1"
 #: Recorded in ``meta.json`` but not compared on reopen: they do not change the numbers (a moved
 #: run directory has the same checkpoint and data hashes).
 INFO_KEYS = frozenset({"run_dir", "versions"})
+#: Where an allowed environment change is recorded (see the module docstring); neither compared
+#: nor hashed into ``meta_sha``.
+ENV_KEY, ENV_CHANGES_KEY = "environment", "environment_changes"
 SPLITS = ("train", "val", "test")
 _CHUNK_RE = re.compile(r"^chunk_(\d{6,})\.npz$")
 
@@ -93,7 +105,8 @@ def _canonical(meta: Mapping[str, Any]) -> dict:
 
 
 def _meta_sha(meta: Mapping[str, Any]) -> str:
-    text = json.dumps(_canonical(meta), sort_keys=True, default=json_default)
+    hashed = {k: v for k, v in _canonical(meta).items() if k != ENV_CHANGES_KEY}
+    text = json.dumps(hashed, sort_keys=True, default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -103,12 +116,20 @@ def _short(value: Any, limit: int = 160) -> str:
 
 
 def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``"key: stored X vs now Y"`` for every compared key that differs (sorted by key)."""
+    """``"key: stored X vs now Y"`` for every compared key that differs (sorted by key); a key
+    whose values are both dicts is compared by sub-key (``"environment.jax: stored ..."``)."""
     a, b = _canonical(stored), _canonical(new)
     out = []
-    for key in sorted((set(a) | set(b)) - INFO_KEYS - {"store_format"}):
+    for key in sorted((set(a) | set(b)) - INFO_KEYS - {"store_format", ENV_CHANGES_KEY}):
         old, now = a.get(key, "<absent>"), b.get(key, "<absent>")
-        if old != now:
+        if old == now:
+            continue
+        if isinstance(old, dict) and isinstance(now, dict):
+            for sub in sorted(set(old) | set(now)):
+                o, n = old.get(sub, "<absent>"), now.get(sub, "<absent>")
+                if o != n:
+                    out.append(f"{key}.{sub}: stored {_short(o)} vs now {_short(n)}")
+        else:
             out.append(f"{key}: stored {_short(old)} vs now {_short(now)}")
     return out
 
@@ -140,13 +161,24 @@ class ScoreStore:
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    def open(cls, directory: str | Path, meta: Mapping[str, Any]) -> ScoreStore:
+    def open(
+        cls,
+        directory: str | Path,
+        meta: Mapping[str, Any],
+        *,
+        allow_environment_change: bool = False,
+    ) -> ScoreStore:
         """Creates the store, or reopens it after checking ``meta`` against the stored one.
+
+        ``allow_environment_change``: accept a stored ``environment`` (backend, device kind,
+        jax/jaxlib versions) other than ``meta``'s and record the new one in ``meta.json``'s
+        ``environment_changes`` (see the module docstring); every other key must still match.
 
         Raises:
           StoreError: the directory holds another result (each differing key named, old vs new),
-            has chunks but no ``meta.json``, has an unreadable ``meta.json``, is locked by another
-            process, or a chunk carries another store's ``meta_sha``.
+            was made in another environment (unless allowed), has chunks but no ``meta.json``,
+            has an unreadable ``meta.json``, is locked by another process, or a chunk carries
+            another store's ``meta_sha``.
         """
         directory = Path(directory)
         new = _canonical(meta)
@@ -160,6 +192,29 @@ class ScoreStore:
             if meta_path.exists():
                 stored = _read_meta(directory)
                 diffs = meta_differences(stored, new)
+                env_diffs = [d for d in diffs if re.match(rf"{ENV_KEY}[.:]", d)]
+                others = [d for d in diffs if d not in env_diffs]
+                if env_diffs and not others:
+                    if not allow_environment_change:
+                        raise StoreError(
+                            f"{directory}: holds chunks computed in another environment; refusing "
+                            f"to mix them. Differing: {'; '.join(env_diffs)}. Rerun where it was "
+                            "made, use another output directory, or accept the mix with "
+                            "--allow-environment-change (ScoreStore.open(..., "
+                            "allow_environment_change=True)), which records it in meta.json."
+                        )
+                    log.warning(
+                        "%s: resuming in another environment (%s); recorded in meta.json %s",
+                        directory,
+                        "; ".join(env_diffs),
+                        ENV_CHANGES_KEY,
+                    )
+                    changes = list(stored.get(ENV_CHANGES_KEY, []))
+                    if new.get(ENV_KEY) not in changes:
+                        changes.append(new.get(ENV_KEY))
+                    stored = {**stored, ENV_CHANGES_KEY: changes}
+                    atomic_write_json(meta_path, stored)
+                    diffs = []
                 if diffs:
                     raise StoreError(
                         f"{directory}: holds scores made from different inputs; refusing to mix "

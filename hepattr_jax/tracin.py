@@ -249,26 +249,64 @@ def _train_test_kernel(layout) -> Callable:
     return f
 
 
-def _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume, mesh):
-    """Calls ``consume(block, train_positions [c], scores [c, len(block)])`` chunk by chunk."""
+def train_test_chunks(
+    layout,
+    ckpts: Checkpoints,
+    train: GraphSet,
+    test: GraphSet,
+    consume: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None],
+    *,
+    chunk_size: int = 64,
+    test_block: int | None = None,
+    progress: bool = True,
+    skip_chunk: Callable[[int], bool] | None = None,
+    mesh=None,
+) -> None:
+    """Streams train x test influence: ``consume(index, block [M_b], train_positions [c],
+    scores float64 [c, M_b])`` for every (test block, train chunk) not skipped.
+
+    Test events are taken in blocks of ``test_block`` (``block``: their positions into
+    ``test``); for each block every train chunk is streamed. ``index = b * len(train) + i`` for
+    block ``b`` and train chunk ``i`` (:func:`train_test_index`): deterministic for given sets,
+    layout, ``chunk_size`` and ``test_block``, which is what lets a store resume
+    (``skip_chunk(index)``). A block whose chunks are all skipped computes no test gradients.
+    """
     check_chunk_size(chunk_size, mesh)
+    test_block = test_block or default_test_block(ckpts)
     kernel = _train_test_kernel(layout)
     params, lrs = replicate((ckpts.params, ckpts.lr_array()), mesh)
+    n = len(train)
     blocks = [np.arange(s, min(s + test_block, len(test))) for s in range(0, len(test), test_block)]
     for b, block in enumerate(blocks):
-        g_te = _test_grads(layout, ckpts, test, block, chunk_size, mesh)
+        held = {}  # the block's test gradients, computed on the first chunk not skipped
+
+        def chunk_fn(data, block=block, held=held):
+            if "g_te" not in held:
+                held["g_te"] = _test_grads(layout, ckpts, test, block, chunk_size, mesh)
+            return kernel(params, lrs, data, held["g_te"])
+
+        skip = None
+        if skip_chunk is not None:
+            skip = lambda i, b=b: skip_chunk(train_test_index(b, i, n))  # noqa: E731
         desc = "train x test" + (f" (block {b + 1}/{len(blocks)})" if len(blocks) > 1 else "")
-        for _, pos, scores in stream(
+        for i, pos, scores in stream(
             layout,
             train,
-            lambda data, g_te=g_te: kernel(params, lrs, data, g_te),
+            chunk_fn,
             chunk_size=chunk_size,
             desc=desc,
             progress=progress,
+            skip_chunk=skip,
             mesh=mesh,
         ):
-            consume(block, pos, np.asarray(scores, np.float64).T)
-        del g_te
+            consume(train_test_index(b, i, n), block, pos, np.asarray(scores, np.float64).T)
+        held.clear()
+
+
+def train_test_index(block: int, chunk: int, n_train: int) -> int:
+    """The chunk index of train chunk ``chunk`` in test block ``block``: ``block * n_train +
+    chunk`` (a set of ``n_train`` events has at most ``n_train`` chunks, so indices are unique)."""
+    return int(block) * int(n_train) + int(chunk)
 
 
 def default_test_block(ckpts: Checkpoints, memory_bytes: float = 1.5e9) -> int:
@@ -287,15 +325,34 @@ def influence_matrix(
     test_block: int | None = None,
     progress: bool = True,
     mesh=None,
+    on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    skip_chunk: Callable[[int], bool] | None = None,
 ) -> np.ndarray:
-    """``[N_train, N_test]`` TracIn influence, exact (``mesh``: see :func:`self_influence`)."""
+    """``[N_train, N_test]`` TracIn influence, exact (``mesh``: see :func:`self_influence`).
+
+    ``on_chunk(index, train_positions [c], values [M_b, c])`` (the rows of test block ``b``,
+    see :func:`train_test_chunks` for ``index``) and ``skip_chunk(index)`` let a store persist
+    and resume; skipped entries are left 0, for the caller to fill from its store.
+    """
     out = np.zeros((len(train), len(test)))
-    test_block = test_block or default_test_block(ckpts)
 
-    def consume(block, pos, scores):
+    def consume(index, block, pos, scores):
         out[np.ix_(pos, block)] = scores
+        if on_chunk is not None:
+            on_chunk(index, pos, np.ascontiguousarray(scores.T))
 
-    _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume, mesh)
+    train_test_chunks(
+        layout,
+        ckpts,
+        train,
+        test,
+        consume,
+        chunk_size=chunk_size,
+        test_block=test_block,
+        progress=progress,
+        skip_chunk=skip_chunk,
+        mesh=mesh,
+    )
     return out
 
 
@@ -311,6 +368,32 @@ class TopK:
     proponent_scores: np.ndarray
     opponents: np.ndarray
     opponent_scores: np.ndarray
+
+
+def chunk_top_k(pos: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """One chunk's own top-k: ``(pro_scores, pro_positions, opp_scores, opp_positions)``, each
+    ``[M_b, min(k, c)]``, from ``scores [c, M_b]`` of the train events at ``pos [c]``."""
+    m = scores.shape[1]
+    empty = (np.zeros((m, 0)), np.zeros((m, 0), np.int64))
+    idx = np.broadcast_to(np.asarray(pos, np.int64)[None, :], (m, len(pos)))
+    pro = _merge_top(*empty, scores.T, idx, k)
+    opp = _merge_top(*empty, -scores.T, idx, k)
+    return pro[0], pro[1], -opp[0], opp[1]
+
+
+def merge_top_k(parts, k: int) -> tuple[np.ndarray, ...]:
+    """Merges ``(pro_scores, pro_positions, opp_scores, opp_positions)`` parts (each ``[M, *]``)
+    into the top ``k``. Ranking is by score, ties by smaller train position: a strict total
+    order, so the result depends only on the union of the parts, never on how they were split
+    or in which order they are merged (what makes a resumed top-k byte-identical)."""
+    parts = list(parts)
+    m = parts[0][0].shape[0]
+    pro = (np.zeros((m, 0)), np.zeros((m, 0), np.int64))
+    opp = pro
+    for ps, pi, os_, oi in parts:
+        pro = _merge_top(*pro, ps, pi, k)
+        opp = _merge_top(*opp, -os_, oi, k)
+    return pro[0], pro[1], -opp[0], opp[1]
 
 
 def _merge_top(best_s, best_i, new_s, new_i, k):
@@ -338,28 +421,31 @@ def top_k(
     progress: bool = True,
     mesh=None,
 ) -> TopK:
-    """Top-k proponents and opponents of every test event, merged chunk by chunk (streaming)."""
+    """Top-k proponents and opponents of every test event, merged chunk by chunk (streaming:
+    each chunk's own top-k, :func:`chunk_top_k`, merged into its block's by
+    :func:`merge_top_k`)."""
     k = min(k, len(train))
-    test_block = test_block or default_test_block(ckpts)
     parts = {}
 
-    def consume(block, pos, scores):
-        key = (int(block[0]), int(block[-1]))
-        if key not in parts:
-            empty = (np.zeros((len(block), 0)), np.zeros((len(block), 0), np.int64))
-            parts[key] = {"pro": empty, "opp": empty}
-        st = parts[key]
-        idx = np.broadcast_to(pos[None, :], (len(block), len(pos)))
-        st["pro"] = _merge_top(*st["pro"], scores.T, idx, k)
-        st["opp"] = _merge_top(*st["opp"], -scores.T, idx, k)
+    def consume(index, block, pos, scores):
+        key = int(block[0])
+        new = chunk_top_k(pos, scores, k)
+        parts[key] = new if key not in parts else merge_top_k([parts[key], new], k)
 
-    _train_x_test(layout, ckpts, train, test, chunk_size, test_block, progress, consume, mesh)
+    train_test_chunks(
+        layout,
+        ckpts,
+        train,
+        test,
+        consume,
+        chunk_size=chunk_size,
+        test_block=test_block,
+        progress=progress,
+        mesh=mesh,
+    )
     rows = sorted(parts)
-    pro_s = np.concatenate([parts[r]["pro"][0] for r in rows])
-    pro_i = np.concatenate([parts[r]["pro"][1] for r in rows])
-    opp_s = np.concatenate([parts[r]["opp"][0] for r in rows])
-    opp_i = np.concatenate([parts[r]["opp"][1] for r in rows])
-    return TopK(pro_i, pro_s, opp_i, -opp_s)
+    pro_s, pro_i, opp_s, opp_i = (np.concatenate([parts[r][j] for r in rows]) for j in range(4))
+    return TopK(pro_i, pro_s, opp_i, opp_s)
 
 
 def top_k_from_matrix(matrix: np.ndarray, k: int) -> TopK:

@@ -271,6 +271,12 @@ def test_run_meta_describes_the_inputs(toy_run):
     assert meta["checkpoint_steps"] == [5, 10] and meta["lrs"] == [1e-3, 4e-4]
     assert meta["event_ids_sha"] == ids_digest(gs.events.ids) and meta["n_events"] == len(gs)
     assert meta["layout"] == "NeighbourLayout(max_buckets=8)"
+    assert meta["environment"] == {
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "jaxlib": __import__("jaxlib").__version__,
+    }
 
 
 def test_store_refuses_other_checkpoints_or_data(toy_run, tmp_path):
@@ -360,3 +366,185 @@ def test_interrupted_self_influence_resumes_to_the_uninterrupted_result(
     assert stored["scores_per_checkpoint"].tobytes() == direct.tobytes()
     assert stored["scores"].tobytes() == total.tobytes()
     np.testing.assert_array_equal(stored["event_ids"], gs.events.ids)
+
+
+def test_atomic_write_fsyncs_the_file_then_its_directory(tmp_path, monkeypatch):
+    """A finished chunk must survive a power loss: the data is fsynced before the rename and the
+    directory (holding the new name) after it."""
+    import stat
+
+    from hepattr_jax import io_utils
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording(fd):
+        st = os.fstat(fd)
+        synced.append(("dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(io_utils.os, "fsync", recording)
+    target = tmp_path / "sub" / "x.bin"
+    io_utils.atomic_write_bytes(target, b"payload")
+    assert target.read_bytes() == b"payload"
+    assert [kind for kind, _ in synced] == ["file", "dir"]
+    assert synced[0][1] == target.stat().st_ino and synced[1][1] == target.parent.stat().st_ino
+
+
+# --------------------------------------------------------------------- TRAK ensembles
+def test_trak_ensemble_refuses_members_of_other_data_and_records_each_fingerprint(
+    toy_run, tmp_path
+):
+    """Same event ids, other labels (a noisy-label run): refused, naming both run directories,
+    before any feature is computed. Members of the same data: each member's fingerprint is in
+    the result's meta."""
+    from hepattr_jax.errors import ConfigError
+    from hepattr_jax.projection import Projector
+    from hepattr_jax.scoring import scored_trak
+
+    raw = toy_events()
+    flipped = dataclasses.replace(raw, labels=1 - raw.labels)
+    noisy = dataclasses.replace(
+        toy_run,
+        run_dir=tmp_path / "noisy_run",
+        data=prepare_data(toy_run.config, flipped),
+    )
+    np.testing.assert_array_equal(noisy.data.train.events.ids, toy_run.data.train.events.ids)
+    proj = Projector(4, seed=0)
+    with pytest.raises(ConfigError) as e:
+        scored_trak([toy_run, noisy], tmp_path / "trak_bad", proj, chunk_size=4, progress=False)
+    msg = str(e.value)
+    assert str(toy_run.run_dir) in msg and str(noisy.run_dir) in msg and "fingerprint" in msg
+    assert not (tmp_path / "trak_bad" / "features").exists()
+
+    twin = dataclasses.replace(toy_run, run_dir=tmp_path / "twin_run")
+    scored_trak([toy_run, twin], tmp_path / "trak", proj, chunk_size=4, progress=False)
+    members = read_result(tmp_path / "trak").meta["members"]
+    assert [m["data_fingerprint"] for m in members] == [toy_run.data.fingerprint] * 2
+
+
+# --------------------------------------------------------------------- environment
+ENV = {"backend": "cpu", "device_kind": "cpu", "jax": "0.10.2", "jaxlib": "0.10.2"}
+
+
+def test_another_environment_is_refused_unless_allowed_and_then_recorded(tmp_path, caplog):
+    chunks, ref = chunked(3)
+    with ScoreStore.open(tmp_path, base_meta(environment=ENV)) as store:
+        for c in chunks[:2]:
+            store.write_chunk(*c)
+        sha = store.meta_sha
+    gpu = {**ENV, "backend": "gpu", "device_kind": "NVIDIA H200", "jaxlib": "0.10.3"}
+    with pytest.raises(StoreError) as e:
+        ScoreStore.open(tmp_path, base_meta(environment=gpu))
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "another environment" in msg
+    assert "--allow-environment-change" in msg and "allow_environment_change=True" in msg
+    for key in ("backend", "device_kind", "jaxlib"):
+        assert f"environment.{key}: stored " in msg
+    assert "environment.jax:" not in msg and msg.count(": stored ") == 3
+    # Other inputs are refused even when the environment change is allowed.
+    with pytest.raises(StoreError, match="chunk_size: stored 5 vs now 6"):
+        ScoreStore.open(tmp_path, base_meta(environment=gpu, chunk_size=6), **ALLOW)
+
+    with caplog.at_level(logging.WARNING, "hepattr_jax.store"):
+        store = ScoreStore.open(tmp_path, base_meta(environment=gpu), **ALLOW)
+    assert "another environment" in caplog.text and "environment.backend" in caplog.text
+    # The chunks of the first environment are kept (meta_sha does not cover the record).
+    assert store.done() == {0, 1} and store.meta_sha == sha
+    for c in chunks[2:]:
+        store.write_chunk(*c)
+    out = store.assemble(N, n_rows=K)
+    assert out.tobytes() == ref.tobytes()
+    store.finalize({"scores_per_checkpoint": out, "event_ids": np.arange(N) * 7})
+    store.close()
+    meta = read_result(tmp_path).meta
+    assert meta["environment"] == ENV and meta["environment_changes"] == [gpu]
+    # Reopening in the recorded environment again is still a change from the first one.
+    ScoreStore.open(tmp_path, base_meta(environment=gpu), **ALLOW).close()
+    assert json.loads((tmp_path / "meta.json").read_text())["environment_changes"] == [gpu]
+    ScoreStore.open(tmp_path, base_meta(environment=ENV)).close()  # the original: no flag needed
+
+
+ALLOW = {"allow_environment_change": True}
+
+
+# --------------------------------------------------------------------- matrix and top-k resume
+@pytest.mark.parametrize("kind", ["matrix", "topk"])
+def test_interrupted_matrix_and_top_k_resume_to_the_uninterrupted_result(
+    toy_run, tmp_path, monkeypatch, kind
+):
+    """As for self-influence: write_chunk raises after 4 (test block, train chunk) chunks; the
+    rerun computes only the rest, leaves the first 4 files untouched, and its result files are
+    byte-identical to an uninterrupted run into another store and equal, bitwise, to the direct
+    ``tracin.influence_matrix`` / ``tracin.top_k`` call. Three test blocks (test_block=2) and two
+    node-count buckets of train chunks."""
+    from hepattr_jax.scoring import scored_influence_matrix, scored_top_k
+
+    train, test, chunk, block, k = toy_run.data.train, toy_run.data.test, 4, 2, 3
+    assert len(test) == 5  # blocks of 2, 2, 1
+
+    def score(out):
+        kw = dict(chunk_size=chunk, test_block=block, progress=False)
+        if kind == "matrix":
+            return scored_influence_matrix(toy_run, out, **kw)
+        return scored_top_k(toy_run, out, k, **kw)
+
+    real_write = ScoreStore.write_chunk
+    writes = []
+    crash_after = 4
+
+    def counting(self, index, positions, values):
+        if crash_after is not None and len(writes) == crash_after:
+            raise RuntimeError("simulated crash")
+        writes.append(index)
+        real_write(self, index, positions, values)
+
+    monkeypatch.setattr(ScoreStore, "write_chunk", counting)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        score(tmp_path / "killed")
+    first = chunk_stats(tmp_path / "killed")
+    assert len(first) == 4 and not (tmp_path / "killed" / "result.json").exists()
+
+    writes.clear()
+    crash_after = None
+    resumed = score(tmp_path / "killed")
+    n_chunks = len(chunk_stats(tmp_path / "killed"))
+    n_per_bucket = np.unique(train.events.n_node, return_counts=True)[1]
+    assert len(n_per_bucket) == 2
+    assert n_chunks == 3 * sum(-(-n // chunk) for n in n_per_bucket)
+    assert len(writes) == n_chunks - 4
+    after = chunk_stats(tmp_path / "killed")
+    assert all(after[name] == st for name, st in first.items())  # not rewritten
+
+    writes.clear()
+    score(tmp_path / "whole")
+    assert len(writes) == n_chunks
+    files = sorted(p.name for p in (tmp_path / "whole").iterdir() if p.suffix in (".npy", ".npz"))
+    assert files == (
+        ["topk.npz"]
+        if kind == "topk"
+        else sorted(["influence.npy", "event_ids.npy", "test_event_ids.npy"])
+    )
+    for name in files:
+        a, b = (tmp_path / "killed" / name).read_bytes(), (tmp_path / "whole" / name).read_bytes()
+        assert a == b, name
+
+    layout = layout_for(toy_run.model, train)
+    kw = dict(chunk_size=chunk, test_block=block, progress=False)
+    if kind == "matrix":
+        direct = tracin.influence_matrix(layout, toy_run.checkpoints, train, test, **kw)
+        assert resumed[2].tobytes() == direct.tobytes()
+        assert read_result(tmp_path / "killed").arrays["influence"].tobytes() == direct.tobytes()
+    else:
+        direct = tracin.top_k(layout, toy_run.checkpoints, train, test, k, **kw)
+        ids = train.events.ids
+        assert resumed["proponent_ids"].tobytes() == ids[direct.proponents].tobytes()
+        assert resumed["opponent_ids"].tobytes() == ids[direct.opponents].tobytes()
+        assert resumed["proponent_scores"].tobytes() == direct.proponent_scores.tobytes()
+        assert resumed["opponent_scores"].tobytes() == direct.opponent_scores.tobytes()
+        # ... and the plain sort of the full matrix.
+        m = tracin.influence_matrix(layout, toy_run.checkpoints, train, test, **kw)
+        want = tracin.top_k_from_matrix(m, k)
+        np.testing.assert_array_equal(direct.proponents, want.proponents)
+        np.testing.assert_array_equal(direct.opponents, want.opponents)
+        assert direct.proponent_scores.tobytes() == want.proponent_scores.tobytes()

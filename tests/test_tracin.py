@@ -7,6 +7,7 @@ implementation, so quantiles are compared there).
 
 import dataclasses
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -147,22 +148,69 @@ def test_per_checkpoint_contributions_sum_to_total():
         )
 
 
-def test_float32_quantiles_against_reference():
+def relu_margins(model, params_list, gs) -> np.ndarray:
+    """``[N]``: per event, the smallest ``|x| / rms(x)`` over every nonzero ReLU input ``x`` of
+    every ReLU call, at every checkpoint, from the model run eagerly in float64 on the event
+    padded to its own size (``flax.linen.relu`` is wrapped to record its inputs; ``rms`` is
+    over that call's whole input, the layer's scale). Exact zeros are structural, not near
+    misses: padding nodes, edges and graphs of an initialised model (zero features, zero
+    biases) give pre-activations of exactly 0 and are skipped."""
+    real_relu, seen = nn.relu, []
+
+    def recording(x):
+        seen.append(np.asarray(x, np.float64))
+        return real_relu(x)
+
+    margin = np.full(len(gs), np.inf)
+    nn.relu = recording
+    try:
+        with jax.enable_x64(True):
+            for params in params_list:
+                p64 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
+                for i in range(len(gs)):
+                    g = tracin._one_event(gs, i, own_size=True).graphs
+                    g64 = jax.tree_util.tree_map(
+                        lambda x: x.astype(np.float64) if x.dtype.kind == "f" else x, g
+                    )
+                    seen.clear()
+                    model.apply(p64, g64)
+                    for x in seen:
+                        nz = np.abs(x[x != 0])
+                        if nz.size:
+                            margin[i] = min(margin[i], nz.min() / np.sqrt(np.mean(x**2)))
+    finally:
+        nn.relu = real_relu
+    return margin
+
+
+def test_float32_against_reference_bounded_for_every_event_off_a_relu_kink():
+    """float32 fast kernels against the float32 reference loop, every event bounded.
+
+    Rule for the only events left out: a ReLU input within rounding of zero, where the two
+    float32 paths (other summation orders) may disagree on the ReLU's side and so on the
+    gradient. float32 rounds at ~6e-8 relative per operation; over the <= ~100-term sums here
+    a pre-activation's float32 error stays below ~1e-6 of its layer's scale, so an event is
+    left out when, in float64, some ReLU input has ``|x| < 1e-6 rms(x)`` (``relu_margins``).
+    At most 5 % of the events may be left out (measured: a few of 300), so the exclusion cannot
+    hide a broken kernel. Bounds: median 1e-5, every other event 1e-5 (measured max ~1.1e-6).
+    """
     ev = random_events(300, seed=11)  # the benchmark's sizes: 4..12 nodes, 7 features
     gs = build_graphs(ev)
     model = make_model("edgeconv")
     ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget()))
-    ckpts = tracin.Checkpoints.from_list(
-        [model.init(jax.random.key(k), ex.graphs) for k in range(2)], [1e-3, 1e-3]
-    )
+    params = [model.init(jax.random.key(k), ex.graphs) for k in range(2)]
+    ckpts = tracin.Checkpoints.from_list(params, [1e-3, 1e-3])
     ref = tracin.self_influence_reference(model.apply, ckpts, gs)
     fast = tracin.self_influence(layout_for(model, gs), ckpts, gs, chunk_size=64, progress=False)
     rel = _rel(fast, ref)
     assert np.median(rel) < 1e-5, np.median(rel)
-    assert np.quantile(rel, 0.99) < 1e-4, np.quantile(rel, 0.99)
+    near_kink = relu_margins(model, params, gs) < 1e-6
+    assert near_kink.mean() <= 0.05, near_kink.sum()
+    worst = np.argmax(np.where(near_kink, 0, rel))
+    assert rel[~near_kink].max() < 1e-5, (worst, rel[worst])
 
 
-def test_padding_slots_contribute_exactly_zero_and_kernels_compile_once_per_bucket():
+def test_padding_slots_contribute_exactly_zero_and_kernels_compile_once_per_bucket(count_traces):
     with jax.enable_x64(True):
         gs, model, ckpts = _setup()
         layout = layout_for(model, gs)
@@ -170,18 +218,23 @@ def test_padding_slots_contribute_exactly_zero_and_kernels_compile_once_per_buck
         chunks = list(layout.chunks(gs, 2))
         shapes = {jax.tree_util.tree_leaves(c.data)[0].shape for c in chunks}
         lrs = ckpts.lr_array()
-        for c in chunks:
-            out = np.asarray(kernel(ckpts.params, lrs, c.data))
-            n = len(c.positions)
-            assert np.all(out[:, n:] == 0.0)  # filler slots of a bucket's tail
-            assert np.all(out[:, :n] > 0.0)
-        before = kernel._cache_size()
+        name = kernel.__name__
+        with count_traces() as first:
+            for c in chunks:
+                out = np.asarray(kernel(ckpts.params, lrs, c.data))
+                chex.assert_shape(out, (len(ckpts), 2))  # [K, chunk_size]
+                n = len(c.positions)
+                assert np.all(out[:, n:] == 0.0)  # filler slots of a bucket's tail
+                assert np.all(out[:, :n] > 0.0)
         plan = layout.plan(gs)
-        # 12 node counts, at most 8 bucket shapes (the default bucketing policy).
-        assert before >= len(shapes) == len(plan.buckets) == 8
-        tracin.self_influence(layout, ckpts, gs, chunk_size=2, progress=False)  # a second call
+        # 12 node counts, at most 8 bucket shapes (the default bucketing policy); at most one
+        # trace per shape (fewer if an earlier test in this process compiled some already).
+        assert len(shapes) == len(plan.buckets) == 8
+        assert first[name] <= len(shapes)
+        with count_traces() as second:
+            tracin.self_influence(layout, ckpts, gs, chunk_size=2, progress=False)
         assert self_influence_kernel(layout) is kernel
-        assert kernel._cache_size() == before  # reused: no new compilation
+        assert second[name] == 0, second  # reused: no new trace, so no new compilation
 
 
 class _UsersOwnGNN(nn.Module):

@@ -45,7 +45,7 @@ def _final_params(run_dir):
     return step, store.meta(step)["params_hash"], store.meta(step)
 
 
-def test_train_steps_compile_once():
+def test_train_steps_compile_once(count_traces):
     data = prepare_data(CFG)
     budget = data.train.batch_budget(CFG.batch_size)
     model = model_from_config(CFG)
@@ -55,13 +55,14 @@ def test_train_steps_compile_once():
 
     state = init_state(CFG, model, tx, data.train.training_batch(np.arange(4), budget))
     n = 0
-    for batch in batches(data.train, CFG.batch_size, budget):  # the last batch is partial
-        state, loss = train_step(state, batch)
-        eval_step(state["params"], batch)
-        n += 1
+    with count_traces() as traces:
+        for batch in batches(data.train, CFG.batch_size, budget):  # the last batch is partial
+            state, loss = train_step(state, batch)
+            eval_step(state["params"], batch)
+            n += 1
     assert n > 2 and np.isfinite(float(loss))
-    assert train_step._cache_size() == 1
-    assert eval_step._cache_size() == 1
+    assert traces[train_step.__name__] == 1, traces
+    assert traces[eval_step.__name__] == 1, traces
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
