@@ -40,7 +40,9 @@ class NeighbourGraph(NamedTuple):
       nodes: float ``[N, F]``; rows ``n..N-1`` are padding (zeros).
       node_mask: bool ``[N]``; True for the event's ``n`` real nodes.
       neighbours: int32 ``[N, D]``; ``neighbours[i, s]`` is the sender of incoming edge slot ``s``
-        of node ``i`` (any valid row where the slot is masked).
+        of node ``i`` (any valid row where the slot is masked). ``None`` for a *dense* event
+        (fully connected): then ``D = N``, slot ``j`` of node ``i`` is the edge from node ``j``,
+        and the sender side of an edge is a broadcast like the receiver side (no gather).
       edge_mask: bool ``[N, D]``; True for real edges (only between real nodes).
       globals: float ``[G]`` event-level inputs.
     """
@@ -124,6 +126,8 @@ class NeighbourOps:
         self.globals = graph.globals
 
     def senders_of(self, x: jax.Array) -> jax.Array:
+        if self.graph.neighbours is None:  # dense: every node sends to every slot row
+            return x[None, :, :]  # [1, N, H], broadcasts against [N, 1, H]
         return x[self.graph.neighbours]  # [N, D, H]
 
     def receivers_of(self, x: jax.Array) -> jax.Array:
@@ -131,7 +135,7 @@ class NeighbourOps:
 
     def broadcast_edges(self, x: jax.Array) -> jax.Array:
         """An edge value made explicit at full edge shape ``[N, D, H]`` (for concatenation)."""
-        n, d = self.graph.neighbours.shape
+        n, d = self.graph.edge_mask.shape
         return jnp.broadcast_to(x, (n, d, x.shape[-1]))
 
     def aggregate(self, m: jax.Array, kind: str = "mean") -> jax.Array:

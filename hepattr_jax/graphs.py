@@ -135,6 +135,20 @@ class GraphSet:
         order); the edge's slot in the neighbour-list layout."""
         return self._in_slots[0]
 
+    @functools.cached_property
+    def fully_connected(self) -> np.ndarray:
+        """bool ``[N]``: each event's edges are every ordered pair ``i != j`` exactly once."""
+        n = self.events.n_node
+        ne = self.n_edge
+        loops = np.zeros(len(self), np.int64)
+        self_loop = self.senders == self.receivers
+        if self_loop.any():
+            loops = np.add.reduceat(self_loop.astype(np.int64), self.edge_offsets[:-1])
+            loops[ne == 0] = 0
+        # n(n-1) edges without self loops, each node receiving n-1 of them: all pairs, once each
+        # (a repeated pair would leave another pair out, and one receiver short).
+        return (ne == n * (n - 1)) & (loops == 0) & (self.in_degree_max == np.maximum(n - 1, 0))
+
     @property
     def in_degree_max(self) -> np.ndarray:
         """int64 ``[N]``: the largest number of edges any node of each event receives."""

@@ -40,19 +40,19 @@ def _readout_inputs(pooled: jax.Array, ops, use_globals: bool) -> jax.Array:
 def _factorised_edge_layer(dense: nn.Dense, h: jax.Array, ops):
     """``dense([h_i, h_j - h_i])`` on every edge, computed from per-node products.
 
-    ``[h_i, h_j - h_i] W + b = (h_i (W_a - W_b) + b) + h_j W_b`` with ``W = [W_a; W_b]``: one call
-    of the layer on the ``2n`` per-node rows ``[h, -h]`` and ``[0, h]`` replaces its call on the
-    ``E`` edge rows (``E = n k`` for kNN, ``n (n - 1)`` fully connected), and the edge value is a
-    gather and an add. Exact; the layer stays an ordinary ``nn.Dense`` (same parameters, and its
-    parameter gradient is still ``sum_rows a^T delta``).
+    ``[h_i, h_j - h_i] W + b = (h_i (W_a - W_b) + b) + h_j W_b`` with ``W = [W_a; W_b]``: the
+    layer is called on the ``n`` per-node rows ``[h, -h]`` (receiver term, bias included) and its
+    kernel's lower block multiplies ``h`` once more (sender term), so ``3 n H^2`` multiply-adds
+    replace ``2 E H^2`` on the ``E`` edges (``E = n k`` for kNN, ``n (n - 1)`` fully connected),
+    and the edge value is a gather and an add. Exact. The receiver term is an ordinary
+    ``nn.Dense`` call; the sender term uses the same layer's parameters directly (calling the
+    layer on ``[0, h]`` instead would cost ``n H^2`` more multiply-adds by zero, measured 15-20 %
+    slower end to end on ref-edgeconv), so a method that intercepts ``nn.Dense`` calls sees the
+    receiver rows only and must add ``h_j^T delta`` to the kernel's lower block itself.
     """
-    n = h.shape[0]
-    rows = jnp.concatenate(
-        [jnp.concatenate([h, -h], -1), jnp.concatenate([jnp.zeros_like(h), h], -1)], 0
-    )
-    y = dense(rows)
-    per_recv, per_send = y[:n], y[n:] - dense.variables["params"]["bias"]
-    return ops.receivers_of(per_recv) + ops.senders_of(per_send)
+    per_recv = dense(jnp.concatenate([h, -h], -1))
+    w_send = dense.variables["params"]["kernel"][h.shape[-1] :]
+    return ops.receivers_of(per_recv) + ops.senders_of(h @ w_send)
 
 
 class EdgeConvNet(nn.Module):

@@ -141,12 +141,14 @@ class NeighbourExample(NamedTuple):
 
 
 def neighbour_stack(
-    gs: GraphSet, positions: np.ndarray, n_node: int, width: int, size: int
+    gs: GraphSet, positions: np.ndarray, n_node: int, width: int, size: int, dense: bool = False
 ) -> NeighbourExample:
     """The events at ``positions`` in the neighbour-list layout, ``[size, n_node, ...]``.
 
     Incoming edge slot ``s`` of node ``i`` holds the ``s``-th edge received by ``i`` (stored
     order); unused slots and nodes are masked. Slots ``len(positions)..size-1`` are filler.
+    ``dense`` (every event fully connected, ``width == n_node``): no neighbour lists, slot ``j``
+    of node ``i`` is the edge ``j -> i`` (see :class:`~hepattr_jax.graph_ops.NeighbourGraph`).
     """
     ev = gs.events
     b = len(positions)
@@ -167,11 +169,18 @@ def neighbour_stack(
     ne = gs.n_edge[positions]
     erows = _ragged_rows(gs.edge_offsets, positions)
     eslot = np.repeat(np.arange(b), ne)
-    neighbours = np.zeros((size, n_node, width), np.int32)
     edge_mask = np.zeros((size, n_node, width), bool)
-    recv, in_slot = gs.receivers[erows], gs.in_slot[erows]
-    neighbours[eslot, recv, in_slot] = gs.senders[erows]
-    edge_mask[eslot, recv, in_slot] = True
+    recv = gs.receivers[erows]
+    if dense:
+        if width != n_node:
+            raise ValueError(f"a dense bucket has one slot per node, not {width} for {n_node}")
+        neighbours = None
+        edge_mask[eslot, recv, gs.senders[erows]] = True
+    else:
+        in_slot = gs.in_slot[erows]
+        neighbours = np.zeros((size, n_node, width), np.int32)
+        neighbours[eslot, recv, in_slot] = gs.senders[erows]
+        edge_mask[eslot, recv, in_slot] = True
 
     glob = np.zeros((size, ev.n_globals), np.float32)
     glob[:b] = ev.globals[positions]
@@ -209,10 +218,15 @@ class NeighbourLayout:
         )
 
     def chunks(self, gs: GraphSet, chunk_size: int, positions=None) -> Iterator[Chunk]:
+        complete = gs.fully_connected
         for bk in self.plan(gs, positions).buckets:
+            # A bucket of complete graphs runs dense: one slot per node, both edge ends
+            # broadcasts (no gather, no scatter in the backward pass).
+            dense = bool(complete[bk.positions].all())
+            width = bk.n_node if dense else bk.width
             for s in range(0, len(bk.positions), chunk_size):
                 p = bk.positions[s : s + chunk_size]
-                yield Chunk(p, neighbour_stack(gs, p, bk.n_node, bk.width, chunk_size))
+                yield Chunk(p, neighbour_stack(gs, p, bk.n_node, width, chunk_size, dense))
 
     def logit_one(self, params: Params, ex: NeighbourExample) -> jax.Array:
         return self.model.apply(params, ex.graph)[0]
