@@ -89,11 +89,11 @@ class SegmentOps:
 
     def senders_of(self, x: jax.Array) -> jax.Array:
         """Per-node ``x [n, H]`` at each edge's sender: ``[E, H]``."""
-        return x[self.senders]
+        return jnp.asarray(x)[self.senders]
 
     def receivers_of(self, x: jax.Array) -> jax.Array:
         """Per-node ``x [n, H]`` at each edge's receiver: ``[E, H]``."""
-        return x[self.receivers]
+        return jnp.asarray(x)[self.receivers]
 
     def _masked(self, m: jax.Array, fill=0.0) -> jax.Array:
         if self.edge_mask is None:
@@ -131,7 +131,7 @@ class SegmentOps:
 
     def graph_to_nodes(self, x: jax.Array) -> jax.Array:
         """Per-graph ``x [n_graph, H]`` at each of the graph's nodes: ``[n, H]``."""
-        return x[self._graph_index()]
+        return jnp.asarray(x)[self._graph_index()]
 
     def _graph_index(self) -> jax.Array:
         from hepattr_jax.graphs import node_graph_index
@@ -204,10 +204,10 @@ class NeighbourOps:
         self.n_graph = 1
 
     def senders_of(self, x: jax.Array) -> jax.Array:
-        return x[self.graph.neighbours]  # [N, D, H]
+        return jnp.asarray(x)[self.graph.neighbours]  # [N, D, H]
 
     def receivers_of(self, x: jax.Array) -> jax.Array:
-        return x[:, None, :]  # [N, 1, H], broadcasts against [N, D, H]
+        return jnp.asarray(x)[:, None, :]  # [N, 1, H], broadcasts against [N, D, H]
 
     def broadcast_edges(self, x: jax.Array) -> jax.Array:
         """An edge value made explicit at full edge shape ``[N, D, H]`` (for concatenation)."""
