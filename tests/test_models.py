@@ -92,8 +92,11 @@ def test_padding_contributes_no_gradient(name, small_events):
     grad = jax.grad(functools.partial(mean_loss, model.apply))
     g_tight = grad(params, gs.training_batch(pos, gs.batch_budget(len(gs))))
     g_loose = grad(params, gs.training_batch(pos, gs.batch_budget(2 * len(gs))))
+    # float32: dynedge's sum aggregation/pooling and part's segment softmax reorder sums under
+    # padding (~1e-6 absolute; float64 exactness of both: tests/test_jet_models.py).
+    atol = 1e-6 if name in ("dynedge", "part") else 1e-7
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_tight, g_loose
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol), g_tight, g_loose
     )
     # An all-padding slot of a per-example stack has exactly zero gradient.
     stack = gs.example_stack(pos[:1], gs.single_budget(), size=2)
