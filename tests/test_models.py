@@ -16,10 +16,13 @@ from hepattr_jax.models import MODELS, count_params, make_model
 
 ALL = sorted(MODELS)
 VARIANTS = [(m, g) for m in ALL for g in (False, True)]
+# Dynamic-kNN models at k = 3, so that the recomputed graphs of these events (1..12 nodes) are
+# real neighbour selections rather than every other node.
+KWARGS = {"particlenet": dict(k=3), "dynedge": dict(k=3)}
 
 
 def _init(name, use_globals, gs, batch):
-    model = make_model(name, use_globals=use_globals)
+    model = make_model(name, use_globals=use_globals, **KWARGS.get(name, {}))
     return model, model.init(jax.random.key(1), batch.graphs)
 
 
@@ -89,8 +92,11 @@ def test_padding_contributes_no_gradient(name, small_events):
     grad = jax.grad(functools.partial(mean_loss, model.apply))
     g_tight = grad(params, gs.training_batch(pos, gs.batch_budget(len(gs))))
     g_loose = grad(params, gs.training_batch(pos, gs.batch_budget(2 * len(gs))))
+    # float32: dynedge's sum aggregation/pooling and part's segment softmax reorder sums under
+    # padding (~1e-6 absolute; float64 exactness of both: tests/test_jet_models.py).
+    atol = 1e-6 if name in ("dynedge", "part") else 1e-7
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_tight, g_loose
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol), g_tight, g_loose
     )
     # An all-padding slot of a per-example stack has exactly zero gradient.
     stack = gs.example_stack(pos[:1], gs.single_budget(), size=2)
