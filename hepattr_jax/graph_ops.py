@@ -207,8 +207,9 @@ class NeighbourOps:
 
     def senders_of(self, x: jax.Array) -> jax.Array:
         x = jnp.asarray(x)
-        if self.graph.neighbours is None:  # dense: every node sends to every slot row
-            return x[None, :, :]  # [1, N, H], broadcasts against [N, 1, H]
+        if self.graph.neighbours is None:  # dense: slot j of every node is node j (a broadcast)
+            n = self.graph.edge_mask.shape[0]
+            return jnp.broadcast_to(x[None], (n, *x.shape))  # [N, N, H]
         return x[self.graph.neighbours]  # [N, D, H]
 
     def receivers_of(self, x: jax.Array) -> jax.Array:
