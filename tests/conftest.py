@@ -32,7 +32,7 @@ REQUIRED_MODULES = {
     "pytest": "pytest",
     "scikit-learn": "sklearn",
     "umap-learn": "umap",
-    "pythia8mc": "pythia8",  # the generate extra, part of the test extra: CI runs a generation
+    "pythia8mc": "pythia8mc",  # the generate extra, part of the test extra: CI runs a generation
     "fastjet": "fastjet",
 }
 _SKIP_ENV = "HEPATTR_ALLOW_MISSING_DEPS"  # set to 1 to run what can run without them
