@@ -333,7 +333,8 @@ class ParticleTransformer(nn.Module):
 
 class _MLP(nn.Module):
     """Dense+ReLU stack. ``first=(h, ops)`` feeds it ``[h_j, h_i]`` on every edge, with the first
-    layer factorised per node (``[h_j, h_i] W + b = h_j W_s + (h_i W_r + b)``)."""
+    layer factorised per node (``[h_j, h_i] W + b = h_j W_s + (h_i W_r + b)``: the layer's call
+    sees the node rows ``[0, h]``, the sender term uses ``W_s`` directly)."""
 
     sizes: Sequence[int]
 
@@ -342,15 +343,12 @@ class _MLP(nn.Module):
         for i, s in enumerate(self.sizes):
             dense = nn.Dense(s, name=f"dense{i}")
             if i == 0 and first is not None:
+                # Receiver term through the layer on the node rows [0, h] (bias included),
+                # sender term through its kernel's upper block, as in _factorised_edge_layer.
                 h, ops = first
-                n = h.shape[0]
-                zeros = jnp.zeros_like(h)
-                rows = jnp.concatenate(
-                    [jnp.concatenate([h, zeros], -1), jnp.concatenate([zeros, h], -1)], 0
-                )
-                y = dense(rows)
-                per_send, per_recv = y[:n] - dense.variables["params"]["bias"], y[n:]
-                x = ops.senders_of(per_send) + ops.receivers_of(per_recv)
+                per_recv = dense(jnp.concatenate([jnp.zeros_like(h), h], -1))
+                w_send = dense.variables["params"]["kernel"][: h.shape[-1]]
+                x = ops.senders_of(h @ w_send) + ops.receivers_of(per_recv)
             else:
                 x = dense(x)
             x = nn.relu(x)

@@ -48,16 +48,21 @@ def test_node_latents_by_interception():
     model, params = _model(gs, n_blocks=2)
     pr = BatchedPredictor(model, params, gs, batch_size=16)
     lat = node_latents(pr)
+    # The first layer of each edge MLP is factorised per node (models._factorised_edge_layer):
+    # its Dense call sees the node rows [h, -h] and gives the receiver term per node.
     assert list(lat) == [
         INPUT,
         "encoder",
-        "edge0_0->nodes",
+        "edge0_0:in",
+        "edge0_0",
         "edge0_1->nodes",
-        "edge1_0->nodes",
+        "edge1_0:in",
+        "edge1_0",
         "edge1_1->nodes",
     ]
     n = len(gs.events.nodes)
-    assert all(v.shape == (n, 3 if k == INPUT else 8) for k, v in lat.items())
+    width = {INPUT: 3, "edge0_0:in": 16, "edge1_0:in": 16}
+    assert all(v.shape == (n, width.get(k, 8)) for k, v in lat.items())
     np.testing.assert_allclose(lat[INPUT], gs.events.nodes, rtol=0, atol=0)
     model, params = _model(gs, "gcn", n_layers=2)
     pr = BatchedPredictor(model, params, gs, batch_size=16)
