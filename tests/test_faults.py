@@ -225,7 +225,7 @@ def _deny_writes(monkeypatch):
 
 def test_a_finished_store_is_read_without_write_access(tiny_run, tmp_path, monkeypatch):
     from hepattr_jax.errors import StoreError
-    from hepattr_jax.store import scored_self_influence
+    from hepattr_jax.scoring import scored_self_influence
 
     run = load_run(tiny_run)
     first = scored_self_influence(run, tmp_path / "si", chunk_size=64, progress=False)

@@ -27,7 +27,7 @@ from hepattr_jax.explain.cluster_report import clusters_section, render_clusters
 from hepattr_jax.explain.report import CLASS_NAMES, best_checkpoint
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_text
 from hepattr_jax.runs import load_run
-from hepattr_jax.store import scored_self_influence
+from hepattr_jax.scoring import scored_self_influence
 
 
 def main(argv=None) -> int:
