@@ -43,6 +43,7 @@ def quick(tmp_path_factory):
     return out, res
 
 
+@pytest.mark.slow  # end-to-end or subprocess: make test runs it, make test-fast not
 def test_quick_preset_writes_results(quick):
     out, res = quick
     (json_path,) = out.glob("tracin_throughput_quick_*.json")
@@ -96,6 +97,7 @@ def test_quick_preset_matrix_and_cache(quick):
         assert _positive(run["first_call_s"])
 
 
+@pytest.mark.slow  # end-to-end or subprocess: make test runs it, make test-fast not
 def test_projection_benchmark_quick_preset_writes_results(tmp_path):
     from benchmarks.projection_throughput import main as projection_main
 

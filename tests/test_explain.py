@@ -275,6 +275,7 @@ readout_hidden = 8
 """
 
 
+@pytest.mark.slow  # end-to-end or subprocess: make test runs it, make test-fast not
 def test_hepattr_explain_end_to_end(tmp_path, capsys):
     from hepattr_jax import cli
 
@@ -350,6 +351,7 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
     assert f"| mean n_node | {mean:.3f} | n/a |" in text
 
 
+@pytest.mark.slow  # end-to-end or subprocess: make test runs it, make test-fast not
 def test_explain_a_parquet_run_without_physics_columns(tmp_path, monkeypatch, capsys):
     """Physics columns are optional in Parquet files: every section copes without them. The
     config names its data by a path relative to the config file (resolved, recorded absolute)."""

@@ -44,6 +44,7 @@ def _training_rows(rows):
     return {k: v for k, v in rows.items() if isinstance(v, dict) and "kept_ids_sha" in v}
 
 
+@pytest.mark.slow  # end-to-end or subprocess: make test runs it, make test-fast not
 def test_tiny_study_runs_end_to_end(tiny_study):
     """The numbers in results.json and report.md are those of the saved predictions and scores,
     recomputed here with scikit-learn and by hand."""

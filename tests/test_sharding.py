@@ -66,6 +66,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # end-to-end or subprocess: make test runs it, make test-fast not
 def test_four_devices_equal_one_device():
     env = dict(os.environ)
     env["XLA_FLAGS"] = (

@@ -183,6 +183,7 @@ def relu_margins(model, params_list, gs) -> np.ndarray:
     return margin
 
 
+@pytest.mark.slow  # end-to-end or subprocess: make test runs it, make test-fast not
 def test_float32_against_reference_bounded_for_every_event_off_a_relu_kink():
     """float32 fast kernels against the float32 reference loop, every event bounded.
 
