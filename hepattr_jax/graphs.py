@@ -154,12 +154,10 @@ class GraphSet:
         """int64 ``[N]``: the largest number of edges any node of each event receives."""
         return self._in_slots[1]
 
-    def single_budget(self, n_node: int | None = None) -> Budget:
+    def single_budget(self) -> Budget:
         """Budget for one event alone (per-example stack): largest event plus one padding node."""
-        nmax = int(self.events.n_node.max()) if n_node is None else n_node
+        nmax = int(self.events.n_node.max())
         emax = int(self.n_edge.max()) if len(self) else 0
-        if n_node is not None:
-            emax = max(emax, _max_edges(self.edges, n_node))
         return Budget(n_node=nmax + 1, n_edge=max(emax, 1), n_graph=2)
 
     def batch_budget(self, batch_size: int) -> Budget:
@@ -295,13 +293,6 @@ class GraphSet:
             edge_offsets=np.concatenate([[0], np.cumsum(ne)]).astype(np.int64),
             edges=self.edges,
         )
-
-
-def _max_edges(edges: str, n: int) -> int:
-    if edges == "fully_connected":
-        return n * (n - 1)
-    k = int(edges.split(":")[1])
-    return n * min(k, max(n - 1, 0))
 
 
 def _ragged_rows(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:

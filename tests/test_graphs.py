@@ -8,7 +8,7 @@ import pytest
 
 from hepattr_jax.data.events import EventSet
 from hepattr_jax.errors import DataError
-from hepattr_jax.graphs import build_graphs, delta_phi, fully_connected_edges, knn_edges
+from hepattr_jax.graphs import Budget, build_graphs, delta_phi, fully_connected_edges, knn_edges
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 12])
@@ -88,7 +88,8 @@ def test_example_stack_layout(small_events):
 def test_budget_overflow_names_the_event(small_events):
     gs = build_graphs(small_events)
     with pytest.raises(DataError, match="event id 4"):
-        gs.example_stack(np.array([4]), gs.single_budget(n_node=5))
+        # room for 5 nodes (+ the padding node) and every edge of the set: event 4 has 12 nodes
+        gs.example_stack(np.array([4]), Budget(n_node=6, n_edge=int(gs.n_edge.max()), n_graph=2))
 
 
 def test_select_keeps_ids_and_edges(small_events):
