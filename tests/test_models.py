@@ -23,7 +23,7 @@ KWARGS = {"particlenet": dict(k=3), "dynedge": dict(k=3)}
 
 def _init(name, use_globals, gs, batch):
     model = make_model(name, use_globals=use_globals, **KWARGS.get(name, {}))
-    return model, model.init(jax.random.key(1), batch.graphs)
+    return model, jax.jit(model.init)(jax.random.key(1), batch.graphs)
 
 
 def test_edgeconv_has_46081_parameters():
@@ -46,7 +46,8 @@ def test_permuting_an_events_nodes_leaves_its_logit_unchanged(name, use_globals,
     budget = gs.batch_budget(len(gs))
     batch = gs.training_batch(np.arange(len(gs)), budget)
     model, params = _init(name, use_globals, gs, batch)
-    logits = model.apply(params, batch.graphs)
+    apply = jax.jit(model.apply)  # jitted: op-by-op dispatch of the jet models is slow
+    logits = apply(params, batch.graphs)
 
     rng = np.random.default_rng(0)
     perm_lists = []
@@ -61,7 +62,7 @@ def test_permuting_an_events_nodes_leaves_its_logit_unchanged(name, use_globals,
         global_names=small_events.global_names,
     )
     gp = build_graphs(permuted)
-    logits_p = model.apply(params, gp.training_batch(np.arange(len(gp)), budget).graphs)
+    logits_p = apply(params, gp.training_batch(np.arange(len(gp)), budget).graphs)
     np.testing.assert_allclose(logits_p[:10], logits[:10], rtol=1e-5, atol=1e-6)
 
 
@@ -71,15 +72,16 @@ def test_padding_leaves_real_logits_unchanged(name, use_globals, small_events):
     pos = np.arange(len(gs))
     tight = gs.training_batch(pos, gs.batch_budget(len(gs)))
     model, params = _init(name, use_globals, gs, tight)
-    ref = model.apply(params, tight.graphs)[:10]
+    apply = jax.jit(model.apply)
+    ref = apply(params, tight.graphs)[:10]
     # A much larger budget (more padding nodes, edges and empty graphs).
     big = gs.batch_budget(3 * len(gs))
-    loose = model.apply(params, gs.training_batch(pos, big).graphs)
+    loose = apply(params, gs.training_batch(pos, big).graphs)
     np.testing.assert_allclose(loose[:10], ref, rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(loose))
     # Each event padded alone in a per-example stack (vmapped), including single-node events.
     stack = gs.example_stack(pos, gs.single_budget(), size=12)
-    per = jax.vmap(model.apply, in_axes=(None, 0))(params, stack.graphs)
+    per = jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))(params, stack.graphs)
     np.testing.assert_allclose(per[:10, 0], ref, rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(per))
 
@@ -89,7 +91,7 @@ def test_padding_contributes_no_gradient(name, small_events):
     gs = build_graphs(small_events)
     pos = np.arange(len(gs))
     model, params = _init(name, True, gs, gs.training_batch(pos, gs.batch_budget(len(gs))))
-    grad = jax.grad(functools.partial(mean_loss, model.apply))
+    grad = jax.jit(jax.grad(functools.partial(mean_loss, model.apply)))
     g_tight = grad(params, gs.training_batch(pos, gs.batch_budget(len(gs))))
     g_loose = grad(params, gs.training_batch(pos, gs.batch_budget(2 * len(gs))))
     # float32: dynedge's sum aggregation/pooling and part's segment softmax reorder sums under
@@ -101,7 +103,7 @@ def test_padding_contributes_no_gradient(name, small_events):
     # An all-padding slot of a per-example stack has exactly zero gradient.
     stack = gs.example_stack(pos[:1], gs.single_budget(), size=2)
     empty = jax.tree_util.tree_map(lambda x: x[1], stack)
-    g_empty = jax.grad(functools.partial(example_loss, model.apply))(params, empty)
+    g_empty = jax.jit(jax.grad(functools.partial(example_loss, model.apply)))(params, empty)
     assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree_util.tree_leaves(g_empty))
 
 
