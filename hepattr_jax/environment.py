@@ -44,3 +44,39 @@ def compute_environment() -> dict[str, str]:
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
     }
+
+
+_PACKAGES = ("hepattr-jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "numpy")
+
+
+def versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    """Installed versions of ``packages`` (distribution names) and Python; "absent" if not
+    installed."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def provenance(packages: tuple[str, ...] = _PACKAGES) -> dict:
+    """The one record of what produced a result: versions, JAX backend and devices, CPU.
+
+    Run records, score stores, reports, experiment results and benchmarks all call this, so
+    they say the same things under the same keys. ``compute_environment()`` is its subset that
+    stores compare on reopen.
+    """
+    import jax
+
+    return {
+        **compute_environment(),
+        "n_devices": jax.device_count(),
+        "hardware": hardware(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "versions": versions(packages),
+    }

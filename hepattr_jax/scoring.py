@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from hepattr_jax.environment import compute_environment
+from hepattr_jax.environment import compute_environment, versions
 from hepattr_jax.errors import StoreError
 from hepattr_jax.store import SPLITS, ScoreStore, ids_digest, read_finished
 
@@ -53,7 +53,6 @@ def run_meta(run: Run, kind: str, gs: GraphSet, *, split: str, chunk_size: int, 
     """The store meta for scores of ``gs`` (the ``split`` of ``run``) under ``run``'s
     checkpoints: what identifies the inputs and the ``environment`` (backend, device kind,
     jax/jaxlib: compared on reopen), plus informational ``run_dir`` and versions."""
-    import jax
 
     ck = run.checkpoints
     return {
@@ -71,17 +70,8 @@ def run_meta(run: Run, kind: str, gs: GraphSet, *, split: str, chunk_size: int, 
         "layout": layout_name(layout),
         "dtype": "float64",
         "environment": compute_environment(),
-        "versions": {"jax": jax.__version__, "numpy": np.__version__, "hepattr_jax": _version()},
+        "versions": versions(),
     }
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("hepattr-jax")
-    except Exception:  # pragma: no cover
-        return "unknown"
 
 
 class SelfInfluenceScores(NamedTuple):
@@ -414,7 +404,6 @@ def scored_trak(
       ConfigError: the runs' data fingerprints differ (same event ids but other labels or
         normalisation, say: both run directories named) or their events differ.
     """
-    import jax
 
     from hepattr_jax import trak
     from hepattr_jax.errors import ConfigError
@@ -480,7 +469,7 @@ def scored_trak(
         "chunk_size": int(chunk_size),
         "dtype": "float64",
         "environment": compute_environment(),
-        "versions": {"jax": jax.__version__, "numpy": np.__version__, "hepattr_jax": _version()},
+        "versions": versions(),
     }
     with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
         factors = trak.gram_factors(ftr, damping=damping)  # shared by both results

@@ -33,13 +33,12 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from hepattr_jax import evaluation, trak
 from hepattr_jax.config import load_config
 from hepattr_jax.datamodels import subset_masks, train_subset_models
-from hepattr_jax.environment import hardware
+from hepattr_jax.environment import provenance
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz, atomic_write_text
 from hepattr_jax.per_example import layout_for
 from hepattr_jax.projection import Projector
@@ -229,8 +228,7 @@ def run_study(out: Path) -> Path:
     mislabel = _trak_mislabel(cache)
     results = {
         "date": datetime.date.today().isoformat(),
-        "hardware": hardware(),
-        "jax": jax.__version__,
+        **provenance(),
         "setup": {
             "n_train": N_TRAIN,
             "n_test": N_TEST,

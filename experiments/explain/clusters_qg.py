@@ -19,9 +19,7 @@ import datetime
 import time
 from pathlib import Path
 
-import jax
-
-from hepattr_jax.environment import hardware
+from hepattr_jax.environment import provenance
 from hepattr_jax.evaluation import remove_top_fraction
 from hepattr_jax.explain.cluster_report import clusters_section, render_clusters
 from hepattr_jax.explain.report import CLASS_NAMES, best_checkpoint
@@ -63,8 +61,7 @@ def main(argv=None) -> int:
         "date": datetime.date.today().isoformat(),
         "command": "nice -n 15 .venv/bin/python -m experiments.explain.clusters_qg "
         f"{args.run_dir} --n-events {args.n_events}",
-        "hardware": hardware(),
-        "jax": jax.__version__,
+        **provenance(),
         "run_dir": str(args.run_dir),
         "checkpoint": desc,
         "q": args.q,

@@ -31,11 +31,10 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from hepattr_jax.config import load_config, load_run_config
-from hepattr_jax.environment import hardware
+from hepattr_jax.environment import provenance
 from hepattr_jax.explain import activation_patterns
 from hepattr_jax.explain import slimming as sl
 from hepattr_jax.explain.predict import BatchedPredictor
@@ -180,8 +179,7 @@ def main(argv=None) -> int:
         "command": "nice -n 15 .venv/bin/python -m experiments.explain.slimming"
         + (f" --epochs {args.epochs}" if args.epochs else "")
         + (f" --budget {args.budget} --out {args.out}" if args.budget != BUDGET else ""),
-        "hardware": hardware(),
-        "jax": jax.__version__,
+        **provenance(),
         "config": CONFIG,
         "epochs": base.epochs,
         "seeds": list(SEEDS),

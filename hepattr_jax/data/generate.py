@@ -41,12 +41,10 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
-import platform
 import queue as queue_mod
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -227,13 +225,10 @@ def _import_generators():
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("pythia8mc", "fastjet", "numpy", "pyarrow", "hepattr-jax"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
+    """Python and the generator's packages, as recorded in ``generation.json``."""
+    from hepattr_jax.environment import versions as installed
+
+    return installed(("pythia8mc", "fastjet", "numpy", "pyarrow", "hepattr-jax"))
 
 
 def shard_seed(seed: int, shard: int, label: int) -> int:
@@ -731,21 +726,6 @@ def load_generated(path: str | Path, max_events: int | None = None) -> EventSet:
     if max_events is not None:
         events = events.select(np.arange(min(int(max_events), len(events))))
     return events
-
-
-def main_generate(args) -> int:
-    """``hepattr generate`` (wired in hepattr_jax.cli)."""
-    meta = generate(
-        args.process,
-        args.n,
-        args.out,
-        seed=args.seed,
-        workers=args.workers,
-        shard_size=args.shard_size,
-        progress=not args.quiet,
-    )
-    print(f"metadata: {Path(args.out) / META_NAME} ({len(meta['shards'])} shards)")
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from hepattr_jax.explain import plots
@@ -522,16 +521,9 @@ def align_quantities(split: dict) -> None:
 
 
 def _environment() -> dict:
-    import os
+    from hepattr_jax.environment import provenance
 
-    from hepattr_jax.environment import cpu_model
-
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "jax": jax.__version__,
-        "device": str(jax.devices()[0].platform),
-    }
+    return provenance()
 
 
 # --------------------------------------------------------------------- timing
@@ -607,7 +599,7 @@ def render_report(r: dict, cnames=("class 0", "class 1")) -> str:
         f"Run `{r['run_dir']}`, {r['checkpoint']}, data fingerprint {r['data_fingerprint']}. "
         f"{s['n_events']} test events ({cnames[0]} = 0, {cnames[1]} = 1), test AUROC "
         f"{r['test']['auroc']:.4f}, loss {r['test']['loss']:.4f}. Date {r['date']}; "
-        f"{env['cpu']} ({env['cores']} cores), jax {env['jax']} on {env['device']}; seed "
+        f"{env['hardware']}, jax {env['jax']} ({env['backend']}); seed "
         f"{s['seed']}, {s['repeats']} repeats.",
         "",
     ]

@@ -64,7 +64,7 @@ def add_parser(subparsers) -> None:
         help="also time permutation importance and Shapley on this many (tiled) test events",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    from hepattr_jax.influence_cli import allow_missing
+    from hepattr_jax.cli.influence import allow_missing
 
     allow_missing(p)
     p.set_defaults(func=_cmd_explain)
