@@ -2,16 +2,18 @@
 shared/spec/benchmark-workload.md ("ref-edgeconv" and "ref-jets").
 
 Command (from the repository root; the full ``ref`` preset takes about 15-25 minutes on a quiet
-2-core CPU)::
+2-core CPU for the three general GNNs, and longer with the jet models on ref-jets)::
 
     python benchmarks/tracin_throughput.py [--preset ref|quick] [--out benchmarks/results]
-        [--workloads ref-edgeconv,ref-jets] [--models edgeconv,interaction,gcn]
+        [--workloads ref-edgeconv,ref-jets] [--models edgeconv,particlenet,part]
         [--chunks ref-jets=16,64] [--matrix-workloads ref-edgeconv,ref-jets]
         [--skip-matrix] [--skip-cache-check]
 
 Writes ``OUT/tracin_throughput_<device>.json`` (every number) and ``.md`` (tables); presets other
-than ``ref`` put their name in the file name. Per model and workload (definitions in
-benchmarks/README.md):
+than ``ref`` put their name in the file name. Each workload has its own models (ref-edgeconv:
+edgeconv, interaction, gcn; ref-jets: all six built-in models, the jet models particlenet,
+dynedge and part included); ``--models`` runs the named ones on every chosen workload instead.
+Per model and workload (definitions in benchmarks/README.md):
 
 1. exact self-influence events/s through the engine (``tracin.self_influence(layout_for(model),
    ...)``), steady median and first call (compile seconds apart), at the workload's chunk sizes;
@@ -36,7 +38,6 @@ import datetime
 import functools
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -58,14 +59,27 @@ import numpy as np
 
 from hepattr_jax import per_example, tracin
 from hepattr_jax.data.synthetic import random_events
-from hepattr_jax.environment import cpu_model
+from hepattr_jax.environment import cpu_model, provenance
 from hepattr_jax.graphs import GraphSet, build_graphs
 from hepattr_jax.losses import mean_loss
-from hepattr_jax.models import EdgeConvNet, GCNNet, InteractionNet, count_params, make_model
+from hepattr_jax.models import (
+    MODELS,
+    DynEdge,
+    EdgeConvNet,
+    GCNNet,
+    InteractionNet,
+    ParticleNet,
+    ParticleTransformer,
+    count_params,
+    make_model,
+)
 from hepattr_jax.per_example import NeighbourLayout, layout_for
 
 REF_N_PARAMS = 46_081  # edgeconv-64 with 7 node features, from the workload spec
-MODEL_NAMES = ("edgeconv", "interaction", "gcn")
+GRAPH_MODEL_NAMES = ("edgeconv", "interaction", "gcn")  # general GNNs, on every workload
+JET_MODEL_NAMES = ("particlenet", "dynedge", "part")  # jet models: on the jet workloads
+MODEL_NAMES = GRAPH_MODEL_NAMES + JET_MODEL_NAMES  # every built-in model (``--models``)
+assert set(MODEL_NAMES) == set(MODELS), "the benchmark must know every built-in model"
 
 
 # --------------------------------------------------------------------- workloads and presets
@@ -81,6 +95,7 @@ class WorkloadSpec:
     chunk_sizes: tuple[int, ...]  # self-influence; the first is also the matrix's
     reference_subset: int  # train events the reference loop is timed on
     coord_spread: float | None = None  # scale of features 0 and 1 (delta-eta, delta-phi)
+    models: tuple[str, ...] = GRAPH_MODEL_NAMES  # run on it unless --models names others
     n_features: int = 7
     training_batch_size: int = 128  # train.py's default (config.TrainConfig.batch_size)
     train_seed: int = 0
@@ -92,7 +107,15 @@ WORKLOADS = {
         "ref-edgeconv", 4096, 1024, (4, 12), "fully_connected", (64, 256), reference_subset=128
     ),
     "ref-jets": WorkloadSpec(
-        "ref-jets", 4096, 1024, (16, 96), "knn:16", (32,), reference_subset=24, coord_spread=0.4
+        "ref-jets",
+        4096,
+        1024,
+        (16, 96),
+        "knn:16",
+        (32,),
+        reference_subset=24,
+        coord_spread=0.4,
+        models=MODEL_NAMES,
     ),
     # Tiny shapes for the smoke test: one node count each, so every kernel compiles once.
     "quick-edgeconv": WorkloadSpec(
@@ -107,8 +130,7 @@ WORKLOADS = {
 @dataclasses.dataclass(frozen=True)
 class Preset:
     name: str
-    workloads: tuple[str, ...]
-    models: tuple[str, ...]
+    workloads: tuple[str, ...]  # each runs its own WorkloadSpec.models
     matrix_workloads: tuple[str, ...]  # edgeconv's exact matrix on these
     cache_check: tuple[str, str]  # (workload, model) of the persistent-cache check
     n_checkpoints: int
@@ -122,7 +144,6 @@ PRESETS = {
     "ref": Preset(
         "ref",
         ("ref-edgeconv", "ref-jets"),
-        MODEL_NAMES,
         ("ref-edgeconv",),
         ("ref-edgeconv", "edgeconv"),
         n_checkpoints=5,
@@ -133,7 +154,6 @@ PRESETS = {
     "quick": Preset(
         "quick",
         ("quick-edgeconv", "quick-jets"),
-        MODEL_NAMES,
         ("quick-edgeconv",),
         ("quick-edgeconv", "gcn"),
         n_checkpoints=2,
@@ -179,25 +199,26 @@ def device_label() -> str:
 
 
 def environment() -> dict:
-    import flax
-    import jaxlib
-
-    dev = jax.devices()[0]
+    """:func:`hepattr_jax.environment.provenance` flattened under the keys the tables use, plus
+    the benchmark's own: file label, CPU affinity and the XLA settings of the run."""
+    prov = provenance()
+    v = prov["versions"]
     return {
-        "device_kind": dev.device_kind,
-        "platform": dev.platform,
-        "n_devices": jax.device_count(),
+        "device_kind": prov["device_kind"],
+        "platform": prov["backend"],
+        "n_devices": prov["n_devices"],
         "device_label": device_label(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        "jax": v["jax"],
+        "jaxlib": v["jaxlib"],
+        "flax": v["flax"],
+        "numpy": v["numpy"],
+        "python": v["python"],
+        "cpu_model": prov["cpu_model"],
+        "cpu_count": prov["cpu_count"],
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_platforms": os.environ.get("JAX_PLATFORMS", ""),
+        "versions": v,
     }
 
 
@@ -326,38 +347,144 @@ def make_workload(
 
 # --------------------------------------------------------------------- useful FLOPs (hand count)
 def forward_macs(model, n, e, f: int):
-    """Matmul multiply-adds of one event's forward pass at its real size, and of the layer that
-    takes the data (whose input gradient training does not need): ``(forward, data_layer)``.
+    """Matmul multiply-adds of one event's forward pass at its real size, and of the layers that
+    take the data (whose input gradient training does not need): ``(forward, data_layer)``.
 
-    ``n`` nodes, ``e`` directed edges, ``f`` node features; ``H`` hidden, ``R`` readout hidden.
-    Elementwise work (ReLU, aggregation sums, pooling, the loss) is left out. An edge layer whose
-    input holds per-node parts is counted at its minimal cost: ``[h_i, h_j - h_i] W`` (EdgeConv)
-    and ``[h_j, h_i] W`` (interaction, first block) as two per-node products, ``2 n H^2``; the
-    interaction network's later ``[e_ij, h_j, h_i] W`` as ``e H^2 + 2 n H^2`` (the model itself
-    runs the ``h`` parts per edge there, ``3 e H^2``: more work than the useful count).
+    ``n`` nodes, ``e`` directed edges of the input graph, ``f`` node features; no event-level
+    globals (the workloads have none). Elementwise work (activations, LayerNorm, softmax,
+    aggregation sums, pooling, the loss) is left out. An edge layer whose input holds per-node
+    parts is counted at its minimal cost: ``[h_i, h_j - h_i] W`` (EdgeConv, ParticleNet,
+    DynEdge; ``H_in -> C``) and ``[h_j, h_i] W`` (interaction, first block) as two per-node
+    products, ``2 n H_in C`` (the models run ``3 n H_in C``); the interaction network's later
+    ``[e_ij, h_j, h_i] W`` as ``e H^2 + 2 n H^2`` (the model itself runs the ``h`` parts per
+    edge there, ``3 e H^2``: more work than the useful count). Per model (``H`` hidden, ``R``
+    readout hidden, defaults in brackets):
+
+    * edgeconv: ``n f H + B (2 n H^2 + e H^2) + 2 H R + R``; data ``n f H``.
+    * interaction: ``n f H + sum_b (2 n H^2 [+ e H^2 for b > 0] + e H^2 + 3 n H^2) + 2 H R + R``;
+      data ``n f H``.
+    * gcn: ``n f H + (L - 1) n H^2 + H R + R``; data ``n f H``.
+    * particlenet, blocks ``b`` of channels ``(c_1, .., c_L)`` [(32, 32, 32), (64, 64, 64)] on
+      input width ``c_in`` (``f``, then the previous block's ``c_L``): ``2 n c_in c_1`` (first
+      edge layer) ``+ E_b sum_l c_l c_(l+1)`` (later edge layers) ``+ n c_in c_L`` (shortcut),
+      plus for ``b > 0`` the kNN distances ``n^2 c_in`` (``d_ij = |x_i|^2 + |x_j|^2 - 2 x_i .
+      x_j``, the Gram matrix a matmul); ``E_0 = e``, ``E_b = n min(k, n - 1)`` for ``b > 0``
+      (kNN recomputed in feature space with the model's own ``k`` [16]; ``e`` plays no part
+      there). Head ``c_L M + M`` (``M`` [128]). Data: block 0's first edge layer and shortcut,
+      ``2 n f c_1 + n f c_L``.
+    * dynedge, layers ``l`` of sizes ``(s_1, .., s_L)`` [4 x (128, 64)] on input width ``c_in``
+      (``f``, then the previous layer's ``s_L``): ``2 n c_in s_1 + E_l sum_i s_i s_(i+1)``,
+      plus kNN distances ``n^2 c_in`` for ``l > 0``; ``E_0 = e``, ``E_l = n min(k, n - 1)``
+      [k = 8]. Post MLP on the skip concatenation of width ``S = f + sum_l s_L`` [f + 256]:
+      ``n S p_1 + n p_1 p_2`` [(128, 64)]; readout on min/max/sum/mean pooling ``4 p_2``:
+      ``4 p_2 r_1 + r_1`` [r_1 = 64]. Data: ``2 n f s_1`` (layer 0's first edge layer) ``+ n f
+      p_1`` (the post MLP's rows of the input features ``x``).
+    * part, width ``D`` [32], ``E_a = e + n`` attention edges (the input graph plus self loops),
+      MLP ratio ``m`` [2], pair MLP hidden ``P`` [16] and ``A`` heads [4]: embedding ``n f D +
+      n D^2``; pair bias ``E_a (3 P + P A)``; per block [2] ``3 n D^2`` (q, k, v) ``+ E_a D``
+      (``q_i . k_j`` on every attention edge, all heads) ``+ E_a D`` (weights times ``v_j``)
+      ``+ n D^2`` (projection) ``+ 2 m n D^2`` (MLP); per class-attention block [1] ``D^2 + 2 n
+      D^2`` (the token's q; k, v of the nodes) ``+ 2 n D`` (scores, weighted sum) ``+ D^2 + 2 m
+      D^2`` (projection, MLP); head ``D M + M`` [M = 64]. Data: ``n f D + 3 E_a P`` (the
+      embedding's and the pair MLP's first layers).
+
+    Everything is at the event's real size: the kNN graphs (and their distance matrix) at its
+    ``n``, as the model computes them within the event. :func:`no_grad_macs` is the part of
+    ``forward`` that carries no gradient (the kNN distances, under ``stop_gradient``).
     """
-    h, r = model.hidden, model.readout_hidden
-    data = n * f * h
-    if isinstance(model, EdgeConvNet):
-        fwd = data + model.n_blocks * (2 * n * h * h + e * h * h) + 2 * h * r + r
-    elif isinstance(model, InteractionNet):
-        fwd = data + 2 * h * r + r
-        for b in range(model.n_blocks):
-            first = 2 * n * h * h + (e * h * h if b else 0)
-            fwd = fwd + first + e * h * h + 3 * n * h * h  # edge MLP, then node MLP [2H->H, H->H]
-    elif isinstance(model, GCNNet):
-        fwd = data + (model.n_layers - 1) * n * h * h + h * r + r
-    else:
-        raise ValueError(f"no hand FLOP count for {type(model).__name__}")
+    fwd, data, _ = _macs(model, n, e, f)
     return fwd, data
+
+
+def no_grad_macs(model, n, e, f: int):
+    """The multiply-adds of :func:`forward_macs`'s forward pass that carry no gradient: the kNN
+    distance matrices of particlenet and dynedge (``stop_gradient``), 0 for the others."""
+    return _macs(model, n, e, f)[2]
+
+
+def _knn_edges(model, n):
+    return n * np.minimum(model.k, n - 1)
+
+
+def _macs(model, n, e, f: int):
+    """``(forward, data_layer, no_grad)``; see :func:`forward_macs`."""
+    zero = 0 * n
+    if isinstance(model, EdgeConvNet | InteractionNet | GCNNet):
+        h, r = model.hidden, model.readout_hidden
+        data = n * f * h
+        if isinstance(model, EdgeConvNet):
+            fwd = data + model.n_blocks * (2 * n * h * h + e * h * h) + 2 * h * r + r
+        elif isinstance(model, InteractionNet):
+            fwd = data + 2 * h * r + r
+            for b in range(model.n_blocks):
+                first = 2 * n * h * h + (e * h * h if b else 0)
+                fwd = fwd + first + e * h * h + 3 * n * h * h  # edge MLP, node MLP [2H->H, H->H]
+        else:
+            fwd = data + (model.n_layers - 1) * n * h * h + h * r + r
+        return fwd, data, zero
+    if isinstance(model, ParticleNet):
+        fwd, data, no_grad = zero, zero, zero
+        c_in = f
+        for b, ch in enumerate(model.blocks):
+            edges = e if b == 0 else _knn_edges(model, n)
+            if b > 0:
+                no_grad = no_grad + n * n * c_in  # kNN distances in the block's input features
+            first, shortcut = 2 * n * c_in * ch[0], n * c_in * ch[-1]
+            later = edges * sum(a * c for a, c in zip(ch, ch[1:], strict=False))
+            fwd = fwd + first + later + shortcut
+            if b == 0:
+                data = data + first + shortcut
+            c_in = ch[-1]
+        fwd = fwd + no_grad + c_in * model.head + model.head
+        return fwd, data, no_grad
+    if isinstance(model, DynEdge):
+        fwd, data, no_grad = zero, zero, zero
+        c_in, skip = f, f
+        for layer, sizes in enumerate(model.layers):
+            edges = e if layer == 0 else _knn_edges(model, n)
+            if layer > 0:
+                no_grad = no_grad + n * n * c_in
+            first = 2 * n * c_in * sizes[0]
+            fwd = fwd + first + edges * sum(a * c for a, c in zip(sizes, sizes[1:], strict=False))
+            if layer == 0:
+                data = data + first
+            c_in = sizes[-1]
+            skip += c_in
+        c = skip
+        for i, s in enumerate(model.post):
+            fwd = fwd + n * c * s
+            if i == 0:
+                data = data + n * f * s  # the rows of the input features x in post_0
+            c = s
+        r = 4 * c  # min, max, sum, mean pooling
+        for s in model.readout:
+            fwd = fwd + r * s
+            r = s
+        return fwd + no_grad + r, data, no_grad
+    if isinstance(model, ParticleTransformer):
+        d, m = model.dim, model.mlp_ratio
+        ea = e + n  # attention edges: the input graph plus self loops
+        data = n * f * d
+        fwd = data + n * d * d
+        if model.pair_bias:
+            pair_in = ea * 3 * model.pair_hidden
+            data = data + pair_in
+            fwd = fwd + pair_in + ea * model.pair_hidden * model.heads
+        fwd = fwd + model.n_blocks * ((4 + 2 * m) * n * d * d + 2 * ea * d)
+        if model.pooling == "cls":
+            fwd = fwd + model.n_cls * (2 * n * d * d + 2 * n * d + (2 + 2 * m) * d * d)
+        return fwd + d * model.head + model.head, data, zero
+    raise ValueError(f"no hand FLOP count for {type(model).__name__}")
 
 
 def grad_flops(model, n, e, f: int):
     """Useful FLOPs (2 per multiply-add) of one training gradient of one event: forward, then a
-    weight gradient and an input gradient per matmul (no input gradient for the data layer):
-    ``2 (3 forward - data_layer)``. Works elementwise on arrays of ``n`` and ``e``."""
-    fwd, data = forward_macs(model, np.asarray(n, np.float64), np.asarray(e, np.float64), f)
-    return 2.0 * (3.0 * fwd - data)
+    weight gradient and an input gradient per matmul (no input gradient for the data layers,
+    neither for the matmuls without gradient, :func:`no_grad_macs`): ``2 (3 forward -
+    data_layer - 2 no_grad)``. Works elementwise on arrays of ``n`` and ``e``."""
+    args = (model, np.asarray(n, np.float64), np.asarray(e, np.float64), f)
+    fwd, data, no_grad = _macs(*args)
+    return 2.0 * (3.0 * fwd - data - 2.0 * no_grad)
 
 
 def set_grad_flops(model, gs: GraphSet) -> float:
@@ -887,7 +1014,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="ref")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--workloads", help="comma-separated subset of the preset's workloads")
-    ap.add_argument("--models", help=f"comma-separated subset of {','.join(MODEL_NAMES)}")
+    ap.add_argument(
+        "--models",
+        help=f"comma-separated models out of {','.join(MODEL_NAMES)}, run on every chosen "
+        "workload (default: each workload's own models)",
+    )
     ap.add_argument(
         "--chunks",
         action="append",
@@ -909,7 +1040,7 @@ def _command(argv) -> str:
 def run_benchmark(p: Preset, args: argparse.Namespace, argv=None) -> dict:
     t_start = time.perf_counter()
     workloads = _csv(args.workloads) or p.workloads
-    models = _csv(args.models) or p.models
+    models = _csv(args.models)  # None: each workload's own
     chunks = {
         wl: tuple(int(c) for c in cs.split(","))
         for wl, cs in (item.split("=", 1) for item in args.chunks)
@@ -917,7 +1048,7 @@ def run_benchmark(p: Preset, args: argparse.Namespace, argv=None) -> dict:
     for name in (*workloads, *chunks):
         if name not in WORKLOADS:
             raise SystemExit(f"unknown workload {name!r}; choose from {sorted(WORKLOADS)}")
-    for name in models:
+    for name in models or ():
         if name not in MODEL_NAMES:
             raise SystemExit(f"unknown model {name!r}; choose from {MODEL_NAMES}")
     res: dict = {
@@ -965,7 +1096,7 @@ def run_benchmark(p: Preset, args: argparse.Namespace, argv=None) -> dict:
             "models": {},
         }
         res["workloads"][wl] = wres
-        for model_name in models:
+        for model_name in models or spec.models:
             tag = f"{wl}/{model_name}"
             print(f"[{p.name}] {tag}", flush=True)
             w = make_workload(spec, model_name, p.n_checkpoints, p.lr, p.param_seed)
