@@ -60,9 +60,10 @@ def baseline_table(task: str, physics: Mapping[str, np.ndarray], labels) -> dict
 
     ``rejection`` is ``1 / eps_B`` at the task's ``eps_S`` (module docstring).
     """
-    eps_s = BASELINES.get(task, (None,))[0]
+    scores = baseline_scores(task, physics)  # raises ConfigError for an unknown task
+    eps_s = BASELINES[task][0]
     out = {}
-    for name, s in baseline_scores(task, physics).items():
+    for name, s in scores.items():
         out[name] = {
             "auroc": auroc(labels, s),
             "rejection": background_rejection(labels, s, eps_s),

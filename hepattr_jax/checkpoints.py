@@ -340,7 +340,7 @@ class CheckpointStore:
             # (each save checks this, so by induction all earlier ones do too).
             self._check_fingerprints(self._read_meta(latest), latest)
 
-        meta = {
+        meta: dict[str, Any] = {
             "format": FORMAT,
             "step": step,
             "epoch": epoch,

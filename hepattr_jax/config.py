@@ -106,7 +106,12 @@ def settings_help() -> str:
     """Every setting with its default and meaning (the epilog of ``hepattr train --help``)."""
     lines = ["config settings (TOML top-level keys; --set KEY=VALUE overrides one):"]
     for f in dataclasses.fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # every TrainConfig field has a default
+            raise AssertionError(f"TrainConfig.{f.name} has no default")
         lines.append(f"  {f.name} (default {json.dumps(default)}): {FIELD_HELP[f.name]}")
     return "\n".join(lines)
 

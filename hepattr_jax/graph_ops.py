@@ -31,15 +31,19 @@ Beyond the input graph, the seam has three ways to get a *new* edge set over the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import jraph
+import numpy as np
 
 from hepattr_jax.errors import ConfigError
 
 POOLINGS = ("mean", "max", "sum", "min")
+
+#: An array built on the host (NumPy) that is a ``jax.Array`` once inside ``jit``.
+AnyArray: TypeAlias = jax.Array | np.ndarray
 
 
 class NeighbourGraph(NamedTuple):
@@ -54,16 +58,19 @@ class NeighbourGraph(NamedTuple):
         and the sender side of an edge is a broadcast like the receiver side (no gather).
       edge_mask: bool ``[N, D]``; True for real edges (only between real nodes).
       globals: float ``[G]`` event-level inputs.
+
+    Built with NumPy arrays (:func:`hepattr_jax.per_example.neighbour_stack`); inside a jitted
+    function the fields are ``jax.Array``.
     """
 
-    nodes: jax.Array
-    node_mask: jax.Array
-    neighbours: jax.Array
-    edge_mask: jax.Array
-    globals: jax.Array
+    nodes: AnyArray
+    node_mask: AnyArray
+    neighbours: AnyArray | None
+    edge_mask: AnyArray
+    globals: AnyArray
 
 
-def _masked_max(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
+def _masked_max(x: AnyArray, mask: AnyArray, axis: int) -> jax.Array:
     """Max over ``axis`` of the entries where ``mask``; 0 where no entry is valid."""
     m = jnp.expand_dims(mask, -1)
     lowest = jnp.finfo(x.dtype).min
@@ -153,7 +160,7 @@ class SegmentOps:
             mask,
         )
 
-    def knn(self, coords: jax.Array, k: int) -> SegmentOps:
+    def knn(self, coords: AnyArray, k: int) -> SegmentOps:
         """See :func:`knn`. Block-masked ``[n, n]`` distances over the whole batch: ``O(n^2)``
         time and memory in the batch's node count ``n`` (fine for evaluation batches and
         per-event GraphsTuples; a training batch of ``B`` jets of ``m`` constituents costs
@@ -170,7 +177,7 @@ class SegmentOps:
             mask.reshape(-1),
         )
 
-    def pool(self, h: jax.Array, kinds: Sequence[str]) -> jax.Array:
+    def pool(self, h: AnyArray, kinds: Sequence[str]) -> jax.Array:
         """Per-graph pooling ``[n, H] -> [n_graph, H * len(kinds)]``; an empty graph pools to 0."""
         n_graph = self.graphs.n_node.shape[0]
         gidx = self._graph_index()
@@ -261,7 +268,7 @@ class NeighbourOps:
             )
         )
 
-    def knn(self, coords: jax.Array, k: int) -> NeighbourOps:
+    def knn(self, coords: AnyArray, k: int) -> NeighbourOps:
         """See :func:`knn`. Masked ``[N, N]`` distances within the event; ``min(k, N - 1)``
         slots per node (at least 1), masked where the event has fewer than ``k + 1`` nodes."""
         g = self.graph
@@ -271,7 +278,7 @@ class NeighbourOps:
         nbr, mask = _top_k_neighbours(coords, valid, kk)
         return NeighbourOps(g._replace(neighbours=nbr, edge_mask=mask))
 
-    def pool(self, h: jax.Array, kinds: Sequence[str]) -> jax.Array:
+    def pool(self, h: AnyArray, kinds: Sequence[str]) -> jax.Array:
         mask = self.graph.node_mask
         out = []
         for k in kinds:
@@ -288,11 +295,11 @@ class NeighbourOps:
                 raise ConfigError(f"unknown pooling {k!r}; use one of {POOLINGS}")
         return jnp.concatenate(out, axis=-1)[None, :]
 
-    def graph_globals(self) -> jax.Array:
+    def graph_globals(self) -> AnyArray:
         return self.graph.globals[None, :]
 
 
-def _masked_softmax(z: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
+def _masked_softmax(z: jax.Array, mask: AnyArray, axis: int) -> jax.Array:
     """Softmax of ``z`` over ``axis`` among the entries where ``mask`` (0 elsewhere; all 0 where
     no entry is valid). The shift by the (stop-gradient) max is exact in value and gradient."""
     z = jnp.where(mask, z, jnp.finfo(z.dtype).min)
@@ -300,7 +307,7 @@ def _masked_softmax(z: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
     return e / jnp.maximum(e.sum(axis, keepdims=True), jnp.finfo(z.dtype).tiny)
 
 
-def _top_k_neighbours(coords: jax.Array, valid: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+def _top_k_neighbours(coords: AnyArray, valid: AnyArray, k: int) -> tuple[jax.Array, jax.Array]:
     """For each row ``i``, the ``k`` columns ``j`` with ``valid[i, j]`` nearest in ``coords``.
 
     ``d_ij = |x_i|^2 + |x_j|^2 - 2 x_i . x_j`` (one matmul; ``[n, n]`` memory), invalid pairs at
@@ -329,7 +336,7 @@ def ops_for(graphs) -> SegmentOps | NeighbourOps:
     )
 
 
-def knn(ops: SegmentOps | NeighbourOps, coords: jax.Array, k: int):
+def knn(ops: SegmentOps | NeighbourOps, coords: AnyArray, k: int):
     """The same nodes with edges to each node from its ``k`` nearest others in ``coords``.
 
     ``coords [n, C]`` are per-node values (input features or a layer's output: DGCNN's dynamic

@@ -38,11 +38,13 @@ class Batch(NamedTuple):
       graphs: padded ``jraph.GraphsTuple`` (``edges`` None; ``globals`` = event-level inputs).
       labels: float32 ``[n_graph]`` (or ``[B, 2]`` in a per-example stack); 0 on padding graphs.
       graph_mask: bool, same shape as ``labels``: True for real events.
+
+    Built with NumPy arrays; inside a jitted function the fields are ``jax.Array``.
     """
 
     graphs: jraph.GraphsTuple
-    labels: np.ndarray
-    graph_mask: np.ndarray
+    labels: jax.Array | np.ndarray
+    graph_mask: jax.Array | np.ndarray
 
 
 class Budget(NamedTuple):

@@ -11,13 +11,14 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from hepattr_jax.graphs import Batch
 
 ApplyFn = Callable[..., jax.Array]
 
 
-def bce_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def bce_with_logits(logits: jax.Array, labels: ArrayLike) -> jax.Array:
     return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 

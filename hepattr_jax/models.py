@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from hepattr_jax.errors import ConfigError
-from hepattr_jax.graph_ops import edge_concat, knn, ops_for
+from hepattr_jax.graph_ops import AnyArray, edge_concat, knn, ops_for
 
 
 def _readout_inputs(pooled: jax.Array, ops, use_globals: bool) -> jax.Array:
@@ -52,7 +52,7 @@ def _readout_inputs(pooled: jax.Array, ops, use_globals: bool) -> jax.Array:
     return pooled
 
 
-def _factorised_edge_layer(dense: nn.Dense, h: jax.Array, ops):
+def _factorised_edge_layer(dense: nn.Dense, h: AnyArray, ops):
     """``dense([h_i, h_j - h_i])`` on every edge, computed from per-node products.
 
     ``[h_i, h_j - h_i] W + b = (h_i (W_a - W_b) + b) + h_j W_b`` with ``W = [W_a; W_b]``: the

@@ -38,7 +38,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from hepattr_jax.errors import ConfigError, DataError
-from hepattr_jax.graph_ops import NeighbourGraph
+from hepattr_jax.graph_ops import AnyArray, NeighbourGraph
 from hepattr_jax.graphs import Batch, Budget, GraphSet, _ragged_rows
 from hepattr_jax.losses import bce_with_logits, example_loss
 
@@ -136,8 +136,8 @@ class NeighbourExample(NamedTuple):
     """
 
     graph: NeighbourGraph
-    label: jax.Array
-    valid: jax.Array
+    label: AnyArray
+    valid: AnyArray
 
 
 def neighbour_stack(
@@ -293,7 +293,8 @@ def layout_for(model, gs: GraphSet | None = None, prefer_neighbour: bool = True)
 
 # --------------------------------------------------------------------- kernels
 def tree_sq_norm(tree) -> jax.Array:
-    return sum(jnp.vdot(x, x) for x in jax.tree_util.tree_leaves(tree))
+    # asarray: ``sum`` of no leaves is the int 0
+    return jnp.asarray(sum(jnp.vdot(x, x) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def flat_grad_one(loss_one: Callable, params: Params, ex) -> jax.Array:

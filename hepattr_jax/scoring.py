@@ -218,7 +218,8 @@ class _ChunkLog:
     skipped), so a result is assembled from exactly the chunks of this run's chunking."""
 
     def __init__(self, store: ScoreStore):
-        self.store, self.indices = store, []
+        self.store = store
+        self.indices: list[int] = []
 
     def skip(self, index: int) -> bool:
         self.indices.append(int(index))
@@ -420,7 +421,8 @@ def scored_trak(
                 f"{runs[0].data.fingerprint} of {runs[0].run_dir} (other events, labels or "
                 "normalisation); ensemble members must be trained on the same data"
             )
-    parts_tr, parts_te = [], []
+    parts_tr: list[tuple[np.ndarray, np.ndarray]] = []
+    parts_te: list[tuple[np.ndarray, np.ndarray]] = []
     for i, run in enumerate(runs):
         for split, ref, parts in (("train", train0, parts_tr), (test_split, test0, parts_te)):
             gs = split_of(run, split)

@@ -69,8 +69,10 @@ from hepattr_jax.io_utils import (
 
 try:  # POSIX advisory locks; elsewhere the store runs unlocked.
     import fcntl
+
+    _HAS_FCNTL = True
 except ImportError:  # pragma: no cover
-    fcntl = None
+    _HAS_FCNTL = False
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +280,7 @@ class ScoreStore:
     def write_chunk(self, index: int, positions: np.ndarray, values: np.ndarray) -> None:
         """Writes chunk ``index`` atomically: ``positions`` int ``[c]`` into the scored set and
         ``values`` ``[..., c]`` (e.g. ``[K, c]``: one row per checkpoint)."""
-        if self._lock_fd is None and fcntl is not None:
+        if self._lock_fd is None and _HAS_FCNTL:
             raise StoreError(f"{self.directory}: store is closed")
         positions = np.asarray(positions)
         values = np.asarray(values)
@@ -436,7 +438,7 @@ class ScoreStore:
                 raise StoreError(f"{self.directory}: {key}: object arrays are not stored")
         result_path = self.directory / "result.json"
         result_path.unlink(missing_ok=True)
-        record = {}
+        record: dict[str, dict[str, Any]] = {}
         if npz is None:
             for key, a in arrays.items():
                 atomic_write_bytes(self.directory / f"{key}.npy", _npy_bytes(a))
@@ -461,7 +463,7 @@ class _BadChunk(Exception):
 
 
 def _lock(directory: Path) -> int | None:
-    if fcntl is None:  # pragma: no cover
+    if not _HAS_FCNTL:  # pragma: no cover
         return None
     try:
         fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)

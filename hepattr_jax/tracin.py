@@ -278,7 +278,8 @@ def train_test_chunks(
     n = len(train)
     blocks = [np.arange(s, min(s + test_block, len(test))) for s in range(0, len(test), test_block)]
     for b, block in enumerate(blocks):
-        held = {}  # the block's test gradients, computed on the first chunk not skipped
+        # the block's test gradients, computed on the first chunk not skipped
+        held: dict[str, jax.Array] = {}
 
         def chunk_fn(data, block=block, held=held):
             if "g_te" not in held:
@@ -425,7 +426,7 @@ def top_k(
     each chunk's own top-k, :func:`chunk_top_k`, merged into its block's by
     :func:`merge_top_k`)."""
     k = min(k, len(train))
-    parts = {}
+    parts: dict[int, tuple[np.ndarray, ...]] = {}
 
     def consume(index, block, pos, scores):
         key = int(block[0])

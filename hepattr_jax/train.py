@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -199,6 +200,15 @@ def model_from_config(config: TrainConfig):
 
 
 # --------------------------------------------------------------------- driver
+class _Best(TypedDict):
+    """Early-stopping state, saved in each checkpoint's meta (``extra["best"]``)."""
+
+    epoch: int  # the best epoch so far; -1 before the first
+    val_loss: float
+    bad_epochs: int  # epochs since it without a better validation loss
+    stopped: NotRequired[bool]  # early stopping fired
+
+
 def train(
     config: TrainConfig,
     run_dir: str | Path,
@@ -241,7 +251,7 @@ def train(
     ckpt_dir = run_dir / "checkpoints"
     history: list[dict] = []
     start_epoch = 0
-    best = {"epoch": -1, "val_loss": np.inf, "bad_epochs": 0}
+    best: _Best = {"epoch": -1, "val_loss": np.inf, "bad_epochs": 0}
     store = None
     if ckpt_dir.is_dir():
         store = CheckpointStore(

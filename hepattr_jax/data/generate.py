@@ -296,6 +296,7 @@ def _jet_record(proc: Process, fastjet, jet, parts: np.ndarray, pids, charges, p
         )
         if n_ax == 3:
             sub3 = np.array([[s.px(), s.py(), s.pz(), s.e()] for s in sj])
+    m_sj: tuple[float, ...]
     if sub3 is None:
         m_sj = (0.0, 0.0, 0.0)
     else:
@@ -354,7 +355,7 @@ def generate_class(
     if proc.match_top and label == 1:
         cut_names.append("top_matched")
     cutflow = dict.fromkeys(cut_names + ["accepted"], 0)
-    jets = []
+    jets: list[tuple[np.ndarray, np.ndarray, dict[str, float]]] = []
     max_events = max(2000, 200 * n_jets)
     pending_ev = pending_jets = 0
     while len(jets) < n_jets:
@@ -533,6 +534,8 @@ def _worker_init(q) -> None:
 def _worker(args) -> dict:
     proc_name, plan, seed, out = args
     q = _QUEUE
+    if q is None:  # set in each pool process by _worker_init
+        raise RuntimeError("_worker runs only in a pool started with _worker_init")
     return make_shard(
         get_process(proc_name), plan, seed, Path(out), report=lambda j, e: q.put((j, e))
     )
@@ -665,14 +668,20 @@ def generate(
             bar.close()
     wall = time.perf_counter() - t0
 
+    shards: dict[int, dict] = {}
+    for p in plans:  # every shard is done now (made above, or an exception was raised)
+        shard_info = done[p.index]
+        if shard_info is None:
+            raise RuntimeError(f"{out}: shard {p.name} was not made")
+        shards[p.index] = shard_info
     cutflow: dict[str, dict[str, int]] = {}
-    for info in done.values():
-        for cls, cf in info["cutflow"].items():
+    for shard_info in shards.values():
+        for cls, cf in shard_info["cutflow"].items():
             tot = cutflow.setdefault(cls, dict.fromkeys(cf, 0))
             for k, v in cf.items():
                 tot[k] += v
     meta["cutflow"] = cutflow
-    meta["shards"] = [done[p.index] | {"file": f"{p.name}.parquet"} for p in plans]
+    meta["shards"] = [shards[p.index] | {"file": f"{p.name}.parquet"} for p in plans]
     atomic_write_json(meta_path, meta)
     if log is not None:
         eff = {c: cf["accepted"] / max(cf["generated"], 1) for c, cf in cutflow.items()}

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -110,7 +111,7 @@ def clusters_section(
 
     sub_u = np.sort(rng.permutation(len(pos))[: min(n_umap, len(pos))])
     sub_t = np.sort(rng.permutation(len(pos))[: min(n_tsne, len(pos))])
-    result = {
+    result: dict[str, Any] = {
         "n_events": len(pos),
         "n_train": n,
         "n_umap": len(sub_u),

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from hepattr_jax.explain.activations import pca
 
@@ -82,19 +83,19 @@ def tsne_embedding(
     )
 
 
-def knee(x: Sequence[float], y: Sequence[float], *, decreasing: bool = True) -> int:
+def knee(x: ArrayLike, y: ArrayLike, *, decreasing: bool = True) -> int:
     """Index of the knee of a convex curve ``y(x)`` (kneedle): both axes scaled to [0, 1], the
     point farthest below the chord through the end points. ``decreasing``: an elbow curve (the
     inertia); else an increasing one (sorted k-distances)."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    if len(x) < 3:
+    xa = np.asarray(x, np.float64)
+    ya = np.asarray(y, np.float64)
+    if len(xa) < 3:
         return 0
-    xs = (x - x[0]) / (x[-1] - x[0])
-    span = y.max() - y.min()
+    xs = (xa - xa[0]) / (xa[-1] - xa[0])
+    span = ya.max() - ya.min()
     if span == 0:
         return 0
-    ys = (y - y.min()) / span
+    ys = (ya - ya.min()) / span
     chord = ys[0] + (ys[-1] - ys[0]) * xs
     return int(np.argmax(chord - ys))
 

@@ -170,7 +170,7 @@ def conditional_permutation_importance(
         raise ValueError("conditional permutation takes one feature per group")
     corr = correlation_matrix(events, feats)
     part = partners(corr) if len(feats) > 1 else np.zeros(1, int)
-    perturb = {}
+    perturb: dict[str, Callable[[np.random.Generator], EventSet]] = {}
     for k, (n, f) in enumerate(zip(names, feats, strict=True)):
         level = "node" if f[0] == "node" else "global"
         cond = values(events, feats[part[k]], level) if len(feats) > 1 else np.zeros(1)

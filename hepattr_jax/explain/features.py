@@ -95,7 +95,8 @@ def make_groups(
         if not out:
             raise ConfigError(f"{events.source}: no features to explain")
         return out
-    out, seen = {}, {}
+    out = {}
+    seen: dict[Feature, str] = {}
     for gname, names in groups.items():
         if not names:
             raise ConfigError(f"feature group {gname!r} is empty")

@@ -94,7 +94,7 @@ def _pack(gs: GraphSet, batch_size: int) -> tuple[_Packed, np.ndarray, Budget]:
     budget = _tight_budget(gs, chunks)
     offsets = gs.events.offsets
     total = int(offsets[-1])
-    fields = {k: [] for k in _Packed._fields}
+    fields: dict[str, list[np.ndarray]] = {k: [] for k in _Packed._fields}
     masks = []
     for c in chunks:
         b = gs.training_batch(c, budget)

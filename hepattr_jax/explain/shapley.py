@@ -92,7 +92,7 @@ def shapley_values(
         if n_permutations < 1:
             raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
         rng = np.random.default_rng(seed)
-        orders = []
+        orders: list[np.ndarray] = []
         while len(orders) < n_permutations:
             o = rng.permutation(g)
             orders.append(o)

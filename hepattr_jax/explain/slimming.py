@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -159,7 +160,7 @@ def nap_choice(
     """The candidate with the largest :func:`retained_score` among ``counts`` (``(kwargs,
     n_params)`` pairs) with ``n_params <= budget`` (ties: more parameters, then the order
     given), and every candidate's ``{"kwargs", "n_params", "retained"}`` sorted by score."""
-    scored = [
+    scored: list[dict[str, Any]] = [
         {
             "kwargs": dict(k),
             "n_params": int(n),
