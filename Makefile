@@ -21,19 +21,24 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/python -m experiments.gnn_irst.study --preset demo --out runs/demo
 
+# Both cores (pytest-xdist); tests sharing a module fixture stay on one worker (conftest.py).
+PYTEST_PAR := -n 2 --dist loadgroup
+
 test: $(STAMP)
 	$(BIN)/ruff check hepattr_jax tests benchmarks experiments
 	$(BIN)/ruff format --check hepattr_jax tests benchmarks experiments
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q $(PYTEST_PAR) --durations=15
 
 # The inner loop: everything but the end-to-end and subprocess tests (marked slow).
 test-fast: $(STAMP)
 	$(BIN)/ruff check hepattr_jax tests benchmarks experiments
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_PAR) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check hepattr_jax tests benchmarks experiments
 	$(BIN)/ruff format --check hepattr_jax tests benchmarks experiments
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tracin_throughput.py --preset ref

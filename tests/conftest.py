@@ -5,6 +5,18 @@ import tomllib
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole run, shared by pytest-xdist workers and the
+# subprocesses tests start (they inherit the environment): many tests compile the same small
+# models at the same shapes, and on a 2-core CPU compiling is most of the suite's time. The
+# cache only skips XLA's backend compile of an identical program (tracing and every result are
+# unchanged). HEPATTR_TEST_COMPILE_CACHE=0 turns it off; a path sets where it lives.
+_cache = os.environ.get("HEPATTR_TEST_COMPILE_CACHE", "")
+if _cache != "0":
+    _cache_dir = Path(_cache or Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache_dir))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -30,6 +42,8 @@ REQUIRED_MODULES = {
     "matplotlib": "matplotlib",
     "tqdm": "tqdm",
     "pytest": "pytest",
+    "pytest-xdist": "xdist",
+    "mypy": "mypy",
     "scikit-learn": "sklearn",
     "umap-learn": "umap",
     "pythia8mc": "pythia8mc",  # the generate extra, part of the test extra: CI runs a generation
@@ -107,3 +121,16 @@ def count_traces():
             jax.monitoring.unregister_event_duration_listener(listener)
 
     return counting
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into node ids
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's ``--dist loadgroup`` (make test), the tests of a module that share a
+    module-scoped fixture (a trained run, a tiny study) run on one worker, so the fixture is
+    built once; every other test is handed out on its own, so the long ones spread over both
+    workers."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope == "module" for chain in defs for d in chain):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

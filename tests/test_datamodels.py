@@ -62,6 +62,7 @@ def _one_model(config, data, mask, s):
     return (2.0 * data.test.events.labels - 1.0) * logits
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_vmapped_subset_models_equal_one_at_a_time():
     data = prepare_data(CFG)
     masks = subset_masks(len(data.train), 4, 0.5, seed=1)

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a subprocess pytest run: make test runs it, make test-fast not
 def test_a_missing_required_dependency_fails_the_run():
     code = (
         "import sys; sys.modules['uproot'] = None; import pytest; "  # None: import fails

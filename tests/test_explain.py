@@ -224,6 +224,7 @@ def test_pca_and_correlations():
 
 
 # --------------------------------------------------------------------- the GNN predictor
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 @pytest.mark.parametrize("model_name", ["edgeconv"])
 def test_batched_predictor_matches_evaluate_events(model_name):
     import jax

@@ -14,6 +14,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 
 from hepattr_jax.data.events import Normalizer
 from hepattr_jax.data.synthetic import random_events
@@ -43,6 +44,7 @@ def _model(gs, name="edgeconv", **kw):
     return model, params
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_node_latents_by_interception():
     gs = _jets(30)
     model, params = _model(gs, n_blocks=2)

@@ -84,6 +84,7 @@ def test_tiny_study_runs_end_to_end(tiny_study):
     assert (out / "physics_removed_vs_kept_qg_jets.png").exists()
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_each_retraining_used_exactly_the_kept_ids(tiny_study):
     out, _ = tiny_study
     rows = json.loads((out / "results.json").read_text())
@@ -103,6 +104,7 @@ def test_each_retraining_used_exactly_the_kept_ids(tiny_study):
     np.testing.assert_array_equal(np.sort(full), np.sort(ids))
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_a_finished_study_resumes_without_retraining(tiny_study, monkeypatch):
     out, _ = tiny_study
 
@@ -114,6 +116,7 @@ def test_a_finished_study_resumes_without_retraining(tiny_study, monkeypatch):
     study.run_study("tiny", out)
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_a_resumed_study_reproduces_the_uninterrupted_rows(tiny_study, tmp_path):
     """Rows lost with their run directories (a study killed before them) are recomputed on
     resume and equal the uninterrupted study's, timings aside; the other rows are untouched."""
@@ -135,6 +138,7 @@ def test_a_resumed_study_reproduces_the_uninterrupted_rows(tiny_study, tmp_path)
         assert again[k] == rows[k], k
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_a_resumed_row_trained_on_other_events_is_refused(tiny_study, tmp_path):
     out, _ = tiny_study
     resumed = tmp_path / "resumed"

@@ -32,6 +32,9 @@ import pytest
 from hepattr_jax import tracin
 from hepattr_jax.store import read_result
 
+# Every test here runs the command line in subprocesses: make test runs them, make test-fast not.
+pytestmark = pytest.mark.slow
+
 CHUNK_SI, CHUNK_TT, K_TOP = 8, 32, 5
 
 RUN_TOML = """

@@ -26,6 +26,9 @@ TINY = {
     "part": dict(dim=8, heads=2, n_blocks=1, pair_hidden=4, head=8),
 }
 JET = sorted(TINY)
+SLOW = pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
+# particlenet in make test-fast, the other two (longer to compile) in make test only.
+JET_FAST_FIRST = [n if n == "particlenet" else pytest.param(n, marks=SLOW) for n in JET]
 # Single-node events, events with fewer than k + 1 = 4 nodes, and larger ones.
 SIZES = np.array([1, 2, 3, 4, 6, 9, 12, 1, 3, 12])
 
@@ -86,7 +89,7 @@ def test_dynamic_knn_matches_knn_edges_on_both_backends_with_ties():
         assert all(len(w) == min(k, n - 1) for w in want[i])
 
 
-@pytest.mark.parametrize("name", JET)
+@pytest.mark.parametrize("name", JET_FAST_FIRST)
 def test_segment_and_neighbour_backends_give_the_same_logits(name):
     ev = _events(seed=1)
     gs = build_graphs(ev, "knn:3" if name != "part" else "fully_connected")
@@ -101,7 +104,7 @@ def test_segment_and_neighbour_backends_give_the_same_logits(name):
         np.testing.assert_allclose(_neighbour_logits(model, p64, gs), z64, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("name", JET)
+@pytest.mark.parametrize("name", JET_FAST_FIRST)
 def test_self_influence_float64_equals_single_event_reference(name):
     with jax.enable_x64(True):
         ev = _events(seed=2)
@@ -125,7 +128,7 @@ def test_self_influence_float64_equals_single_event_reference(name):
         np.testing.assert_allclose(fast, ref, rtol=1e-9, atol=0)
 
 
-@pytest.mark.parametrize("name", JET)
+@pytest.mark.parametrize("name", JET_FAST_FIRST)
 def test_one_training_step_runs_and_lowers_the_loss(name):
     gs = build_graphs(_events(seed=3), "knn:3" if name != "part" else "fully_connected")
     model = make_model(name, **TINY[name])
@@ -147,6 +150,7 @@ def test_one_training_step_runs_and_lowers_the_loss(name):
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_part_pair_bias_and_pooling_options():
     gs = build_graphs(_events(seed=4, sizes=np.array([1, 3, 5])))
     batch = gs.training_batch(np.arange(3), gs.batch_budget(3))

@@ -162,6 +162,7 @@ def _small_run(dtype):
     return gs, model, tracin.Checkpoints.from_list(params, [1e-3, 5e-4])
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_fused_projected_features_equal_dense_projection_of_exact_gradients():
     from hepattr_jax import tracin
     from hepattr_jax.per_example import grad_kernel, layout_for
@@ -188,6 +189,7 @@ def test_fused_projected_features_equal_dense_projection_of_exact_gradients():
         )
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_projected_self_influence_approximates_exact_within_jl_scale():
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for

@@ -60,12 +60,13 @@ def _rel(a, b):
 @pytest.mark.parametrize(
     "model_name,edges,use_globals",
     [
+        # make test-fast keeps one case of each model; make test runs all seven.
         ("edgeconv", "fully_connected", False),
-        ("edgeconv", "fully_connected", True),
-        ("edgeconv", "knn:3", True),
-        ("gcn", "fully_connected", True),
+        pytest.param("edgeconv", "fully_connected", True, marks=pytest.mark.slow),
+        pytest.param("edgeconv", "knn:3", True, marks=pytest.mark.slow),
+        pytest.param("gcn", "fully_connected", True, marks=pytest.mark.slow),
         ("gcn", "knn:2", False),
-        ("interaction", "fully_connected", False),
+        pytest.param("interaction", "fully_connected", False, marks=pytest.mark.slow),
         ("interaction", "knn:2", True),
     ],
 )
@@ -85,6 +86,7 @@ TRAIN_POS = np.flatnonzero(np.isin(SIZES, (1, 2, 7, 12)))
 TEST_POS = np.array([2, 4, 11, 14, 16, 23])
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_neighbour_layout_matrix_and_top_k_float64_equal_reference():
     with jax.enable_x64(True):
         gs, model, ckpts = _setup(use_globals=True)
@@ -115,6 +117,7 @@ def test_neighbour_layout_matrix_and_top_k_float64_equal_reference():
     "model_name,edges",
     [("edgeconv", "knn:3"), ("gcn", "fully_connected"), ("interaction", "knn:2")],
 )
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_generic_graph_layout_float64_equals_reference(model_name, edges):
     with jax.enable_x64(True):
         gs, model, ckpts = _setup(model_name, edges=edges, n_ckpt=2)
@@ -125,6 +128,7 @@ def test_generic_graph_layout_float64_equals_reference(model_name, edges):
         assert _rel(fast, ref).max() < 1e-9
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_per_checkpoint_contributions_sum_to_total():
     with jax.enable_x64(True):
         gs, model, ckpts = _setup()
@@ -150,21 +154,27 @@ def test_per_checkpoint_contributions_sum_to_total():
 
 def relu_margins(model, params_list, gs) -> np.ndarray:
     """``[N]``: per event, the smallest ``|x| / rms(x)`` over every nonzero ReLU input ``x`` of
-    every ReLU call, at every checkpoint, from the model run eagerly in float64 on the event
-    padded to its own size (``flax.linen.relu`` is wrapped to record its inputs; ``rms`` is
-    over that call's whole input, the layer's scale). Exact zeros are structural, not near
-    misses: padding nodes, edges and graphs of an initialised model (zero features, zero
-    biases) give pre-activations of exactly 0 and are skipped."""
+    every ReLU call, at every checkpoint, from the model run in float64 on the event padded to
+    its own size (``flax.linen.relu`` is wrapped while tracing, so the jitted function returns
+    every ReLU input; ``rms`` is over that call's whole input, the layer's scale). Exact zeros
+    are structural, not near misses: padding nodes, edges and graphs of an initialised model
+    (zero features, zero biases) give pre-activations of exactly 0 and are skipped."""
     real_relu, seen = nn.relu, []
 
     def recording(x):
-        seen.append(np.asarray(x, np.float64))
+        seen.append(x)
         return real_relu(x)
+
+    def relu_inputs(p, g):
+        seen.clear()
+        model.apply(p, g)
+        return list(seen)
 
     margin = np.full(len(gs), np.inf)
     nn.relu = recording
     try:
         with jax.enable_x64(True):
+            fn = jax.jit(relu_inputs)  # one compilation per event size
             for params in params_list:
                 p64 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
                 for i in range(len(gs)):
@@ -172,9 +182,8 @@ def relu_margins(model, params_list, gs) -> np.ndarray:
                     g64 = jax.tree_util.tree_map(
                         lambda x: x.astype(np.float64) if x.dtype.kind == "f" else x, g
                     )
-                    seen.clear()
-                    model.apply(p64, g64)
-                    for x in seen:
+                    for x in fn(p64, g64):
+                        x = np.asarray(x, np.float64)
                         nz = np.abs(x[x != 0])
                         if nz.size:
                             margin[i] = min(margin[i], nz.min() / np.sqrt(np.mean(x**2)))
@@ -270,6 +279,7 @@ class _UsersGraphOpsGNN(nn.Module):
 @pytest.mark.parametrize(
     "module,layout_type", [(_UsersOwnGNN, GraphLayout), (_UsersGraphOpsGNN, NeighbourLayout)]
 )
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_a_users_own_module_gets_exact_fast_kernels(module, layout_type):
     with jax.enable_x64(True):
         ev = random_events(len(SIZES), n_nodes=SIZES, seed=5)

@@ -65,6 +65,7 @@ def test_train_steps_compile_once(count_traces):
     assert traces[eval_step.__name__] == 1, traces
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     full = train(CFG, tmp_path / "full", progress=False)
 

@@ -72,6 +72,7 @@ def _small_run(dtype, model_name="edgeconv"):
     return gs, model, tracin.Checkpoints.from_list(params, [1e-3, 5e-4])
 
 
+@pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 @pytest.mark.parametrize("prefer_neighbour", [True, False])
 def test_features_equal_dense_projection_of_exact_margin_gradients(prefer_neighbour):
     from hepattr_jax.graphs import unstack_example
