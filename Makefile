@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/python -m experiments.gnn_irst.study --preset demo --out runs/demo
 
-# Both cores (pytest-xdist); tests sharing a module fixture stay on one worker (conftest.py).
-PYTEST_PAR := -n 2 --dist loadgroup
+# Both cores (pytest-xdist), one test file per worker at a time, so a module-scoped fixture (a
+# trained run, the tiny study) is built once. (--dist loadgroup would spread a file's tests, but
+# pytest-xdist 3.8 cannot group under pytest 9: it rewrites a node id attribute pytest 9 ignores.)
+PYTEST_PAR := -n 2 --dist loadfile
 
 test: $(STAMP)
 	$(BIN)/ruff check hepattr_jax tests benchmarks experiments

@@ -121,16 +121,3 @@ def count_traces():
             jax.monitoring.unregister_event_duration_listener(listener)
 
     return counting
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into node ids
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist's ``--dist loadgroup`` (make test), the tests of a module that share a
-    module-scoped fixture (a trained run, a tiny study) run on one worker, so the fixture is
-    built once; every other test is handed out on its own, so the long ones spread over both
-    workers."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(d.scope == "module" for chain in defs for d in chain):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
