@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_PAR) --durations=15
 
-# The inner loop: everything but the end-to-end and subprocess tests (marked slow).
+# The inner loop: everything but the end-to-end, subprocess and compile-heavy tests (marked slow).
 test-fast: $(STAMP)
 	$(BIN)/ruff check hepattr_jax tests benchmarks experiments
 	$(BIN)/python -m pytest -q $(PYTEST_PAR) -m "not slow"

@@ -53,7 +53,6 @@ def run_meta(run: Run, kind: str, gs: GraphSet, *, split: str, chunk_size: int, 
     """The store meta for scores of ``gs`` (the ``split`` of ``run``) under ``run``'s
     checkpoints: what identifies the inputs and the ``environment`` (backend, device kind,
     jax/jaxlib: compared on reopen), plus informational ``run_dir`` and versions."""
-
     ck = run.checkpoints
     return {
         "kind": kind,
@@ -405,7 +404,6 @@ def scored_trak(
       ConfigError: the runs' data fingerprints differ (same event ids but other labels or
         normalisation, say: both run directories named) or their events differ.
     """
-
     from hepattr_jax import trak
     from hepattr_jax.errors import ConfigError
 

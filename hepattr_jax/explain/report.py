@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hepattr_jax.environment import provenance
 from hepattr_jax.explain import plots
 from hepattr_jax.explain.activations import activation_patterns, correlations, pca
 from hepattr_jax.explain.cluster_report import clusters_section, render_clusters
@@ -438,7 +439,7 @@ def explain_run(
             "feature_groups": {k: [f"{a}:{b}" for a, b in v] for k, v in feature_groups.items()},
             "shapley_groups": {k: [f"{a}:{b}" for a, b in v] for k, v in shapley_groups.items()},
         },
-        "environment": _environment(),
+        "environment": provenance(),
         "test": {"auroc": _finite(auroc(y, z0)), "loss": float(bce(z0, y).mean())},
         "permutation_importance": perm,
         "masking_importance": mask,
@@ -518,12 +519,6 @@ def align_quantities(split: dict) -> None:
         names = list(dict.fromkeys(q for d in split.values() for q in d[key]))
         for d in split.values():
             d[key] = {q: d[key].get(q) for q in names}
-
-
-def _environment() -> dict:
-    from hepattr_jax.environment import provenance
-
-    return provenance()
 
 
 # --------------------------------------------------------------------- timing
