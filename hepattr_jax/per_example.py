@@ -16,8 +16,9 @@ model):
 * :class:`GraphLayout`, for any flax module over ``jraph.GraphsTuple`` (a user's own): the event
   padded alone as a two-graph GraphsTuple.
 
-Both group events into at most ``max_buckets`` shapes by :func:`plan_buckets` (padding waste
-reported by ``layout.plan(gs).waste``), and pad the tail of each bucket's last chunk with filler
+Both group events into at most ``max_buckets`` shapes by :func:`plan_buckets`, trading padding
+against compilation (``bucket_overhead``, :data:`BUCKET_OVERHEAD`; padding waste reported by
+``layout.plan(gs).waste``), and pad the tail of each bucket's last chunk with filler
 slots that contribute exactly zero, so every kernel compiles once per bucket shape and memory is
 bounded by the chunk size whatever the data-set size.
 
@@ -53,6 +54,16 @@ class Chunk(NamedTuple):
     data: Any
 
 
+#: What one more compiled bucket shape is worth in padded work (the layouts' cost units: node
+#: rows times incoming-edge slots plus two), measured on the 2-core CPU with the built-in models
+#: at K = 5 checkpoints (benchmarks/results/tracin_throughput_cpu-amd-epyc-2c.md): a bucket
+#: compiles in 1.0-1.5 s, in which the kernel gets through 0.8-1.1e5 such units of padded work
+#: (ref-edgeconv and ref-jets alike). So a set too small to repay a compilation runs in fewer
+#: shapes: the 28 events of a test, one shape; 4,096 jets, several. Set 0 to minimise padding
+#: alone (the plan then uses every one of ``max_buckets`` the sizes allow).
+BUCKET_OVERHEAD = 1e5
+
+
 class Bucket(NamedTuple):
     """Events padded to one shape: ``n_node`` nodes and ``width`` edge slots (per node for the
     neighbour layout, per event for the GraphsTuple layout); ``positions`` into the GraphSet."""
@@ -74,14 +85,24 @@ class BucketPlan(NamedTuple):
 
 
 def plan_buckets(
-    n_node: np.ndarray, width: np.ndarray, positions: np.ndarray, cost, max_buckets: int
+    n_node: np.ndarray,
+    width: np.ndarray,
+    positions: np.ndarray,
+    cost,
+    max_buckets: int,
+    bucket_overhead: float = 0.0,
 ) -> BucketPlan:
-    """Groups events into at most ``max_buckets`` shapes, minimising the padded cost.
+    """Groups events into at most ``max_buckets`` shapes, minimising the padded cost plus
+    ``bucket_overhead`` per shape.
 
     Events are ordered by node count; a bucket is a contiguous range of node counts, padded to
     its largest ``n_node`` and largest ``width``; ``cost(n, w)`` is the work of one padded event.
-    Exact dynamic programme over the distinct node counts (``O(S^2 B)``, ``S`` of them), so any
-    size distribution compiles at most ``max_buckets`` shapes at the least padding they allow.
+    ``bucket_overhead`` is what one more compiled shape costs, in the same units (its compile
+    time as padded work): with 0 the plan minimises padding alone and uses all ``max_buckets``
+    shapes the sizes allow; with a compile cost, a small set runs in one or two shapes (compiling
+    is then most of the time) and a large one in more. Exact dynamic programme over the distinct
+    node counts (``O(S^2 B)``, ``S`` of them), so any size distribution compiles at most
+    ``max_buckets`` shapes at the least cost they allow.
     """
     order = np.argsort(n_node, kind="stable")
     n_sorted, w_sorted, pos_sorted = n_node[order], width[order], positions[order]
@@ -102,11 +123,11 @@ def plan_buckets(
             w = 0
             for i in range(j, 0, -1):  # bucket = distinct counts i-1 .. j-1
                 w = max(w, int(w_max[i - 1]))
-                c = best[b - 1, i - 1] + (cum[j] - cum[i - 1]) * cost(int(values[j - 1]), w)
+                padded = (cum[j] - cum[i - 1]) * cost(int(values[j - 1]), w)
+                c = best[b - 1, i - 1] + padded + bucket_overhead
                 if c < best[b, j]:
                     best[b, j], cut[b, j] = c, i - 1
     b = int(np.argmin(best[:, s]))
-    total = float(best[b, s])
     bounds = []
     j = s
     while j > 0:
@@ -118,6 +139,7 @@ def plan_buckets(
         lo, hi = first[i], ends[j - 1]
         pos = np.sort(pos_sorted[lo:hi])
         buckets.append(Bucket(int(values[j - 1]), int(w_sorted[lo:hi].max()), pos))
+    total = float(sum(len(bk.positions) * cost(bk.n_node, bk.width) for bk in buckets))
     real = float(sum(cost(int(n), int(w)) for n, w in zip(n_node, width, strict=True)))
     return BucketPlan(tuple(buckets), 1.0 - real / total if total > 0 else 0.0)
 
@@ -206,6 +228,7 @@ class NeighbourLayout:
 
     model: Any
     max_buckets: int = 8
+    bucket_overhead: float = BUCKET_OVERHEAD
 
     @staticmethod
     def cost(n: int, width: int) -> float:
@@ -213,9 +236,8 @@ class NeighbourLayout:
 
     def plan(self, gs: GraphSet, positions=None) -> BucketPlan:
         pos = _positions(gs, positions)
-        return plan_buckets(
-            gs.events.n_node[pos], gs.in_degree_max[pos], pos, self.cost, self.max_buckets
-        )
+        n, w = gs.events.n_node[pos], gs.in_degree_max[pos]
+        return plan_buckets(n, w, pos, self.cost, self.max_buckets, self.bucket_overhead)
 
     def chunks(self, gs: GraphSet, chunk_size: int, positions=None) -> Iterator[Chunk]:
         complete = gs.fully_connected
@@ -252,6 +274,7 @@ class GraphLayout:
 
     model: Any
     max_buckets: int = 8
+    bucket_overhead: float = BUCKET_OVERHEAD
 
     @staticmethod
     def cost(n: int, n_edge: int) -> float:
@@ -259,7 +282,8 @@ class GraphLayout:
 
     def plan(self, gs: GraphSet, positions=None) -> BucketPlan:
         pos = _positions(gs, positions)
-        return plan_buckets(gs.events.n_node[pos], gs.n_edge[pos], pos, self.cost, self.max_buckets)
+        n, w = gs.events.n_node[pos], gs.n_edge[pos]
+        return plan_buckets(n, w, pos, self.cost, self.max_buckets, self.bucket_overhead)
 
     def chunks(self, gs: GraphSet, chunk_size: int, positions=None) -> Iterator[Chunk]:
         for bk in self.plan(gs, positions).buckets:

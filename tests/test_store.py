@@ -42,7 +42,7 @@ def base_meta(**over):
         "event_ids_sha": ids_digest(np.arange(N) * 7),
         "n_events": N,
         "chunk_size": 5,
-        "layout": "NeighbourLayout(max_buckets=8)",
+        "layout": "NeighbourLayout(max_buckets=8, bucket_overhead=100000.0)",
         "dtype": "float64",
     }
     return {**meta, **over}
@@ -270,7 +270,7 @@ def test_run_meta_describes_the_inputs(toy_run):
     assert meta["checkpoint_hashes"] == list(toy_run.checkpoints.hashes)
     assert meta["checkpoint_steps"] == [5, 10] and meta["lrs"] == [1e-3, 4e-4]
     assert meta["event_ids_sha"] == ids_digest(gs.events.ids) and meta["n_events"] == len(gs)
-    assert meta["layout"] == "NeighbourLayout(max_buckets=8)"
+    assert meta["layout"] == "NeighbourLayout(max_buckets=8, bucket_overhead=100000.0)"
     assert meta["environment"] == {
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,

@@ -21,6 +21,7 @@ from hepattr_jax.graph_ops import edge_concat, ops_for
 from hepattr_jax.graphs import build_graphs
 from hepattr_jax.models import make_model
 from hepattr_jax.per_example import (
+    BUCKET_OVERHEAD,
     GraphLayout,
     NeighbourLayout,
     layout_for,
@@ -75,6 +76,11 @@ def test_neighbour_layout_self_influence_float64_equals_reference(model_name, ed
         gs, model, ckpts = _setup(model_name, use_globals=use_globals, edges=edges, n_ckpt=2)
         layout = layout_for(model, gs)
         assert isinstance(layout, NeighbourLayout)
+        if (model_name, edges, use_globals) == ("edgeconv", "fully_connected", False):
+            # The default plan runs these 28 events in one shape (compiling more would cost
+            # more than the padding saves); one case runs the padding-minimal plan's 8 shapes.
+            layout = dataclasses.replace(layout, bucket_overhead=0.0)
+            assert len(layout.plan(gs).buckets) == 8
         ref = tracin.self_influence_reference(model.apply, ckpts, gs)
         fast = tracin.self_influence(layout, ckpts, gs, chunk_size=3, progress=False)
         assert np.all(ref > 0)
@@ -90,10 +96,11 @@ TEST_POS = np.array([2, 4, 11, 14, 16, 23])
 def test_neighbour_layout_matrix_and_top_k_float64_equal_reference():
     with jax.enable_x64(True):
         gs, model, ckpts = _setup(use_globals=True)
-        layout = layout_for(model, gs)
+        # Several bucket shapes (padding-minimal plan), two test blocks and train chunks with
+        # filler slots exercise the blocking.
+        layout = dataclasses.replace(layout_for(model, gs), bucket_overhead=0.0)
         train, test = gs.select(TRAIN_POS), gs.select(TEST_POS)
         mref = tracin.influence_matrix_reference(model.apply, ckpts, train, test)
-        # Two test blocks and train chunks with filler slots exercise the blocking.
         m = tracin.influence_matrix(
             layout, ckpts, train, test, chunk_size=2, test_block=3, progress=False
         )
@@ -223,7 +230,7 @@ def test_float32_against_reference_bounded_for_every_event_off_a_relu_kink():
 def test_padding_slots_contribute_exactly_zero_and_kernels_compile_once_per_bucket(count_traces):
     with jax.enable_x64(True):
         gs, model, ckpts = _setup()
-        layout = layout_for(model, gs)
+        layout = dataclasses.replace(layout_for(model, gs), bucket_overhead=0.0)
         kernel = self_influence_kernel(layout)
         chunks = list(layout.chunks(gs, 2))
         shapes = {jax.tree_util.tree_leaves(c.data)[0].shape for c in chunks}
@@ -237,7 +244,7 @@ def test_padding_slots_contribute_exactly_zero_and_kernels_compile_once_per_buck
                 assert np.all(out[:, n:] == 0.0)  # filler slots of a bucket's tail
                 assert np.all(out[:, :n] > 0.0)
         plan = layout.plan(gs)
-        # 12 node counts, at most 8 bucket shapes (the default bucketing policy); at most one
+        # 12 node counts, at most 8 bucket shapes (max_buckets, no compile cost); at most one
         # trace per shape (fewer if an earlier test in this process compiled some already).
         assert len(shapes) == len(plan.buckets) == 8
         assert first[name] <= len(shapes)
@@ -316,8 +323,8 @@ def test_bucket_plan_is_optimal_and_bounded():
     n = rng.integers(2, 14, size=200)
     w = n - 1
     cost = lambda a, b: a * (b + 2)  # noqa: E731
-    for max_b in (1, 2, 3, 4):
-        plan = plan_buckets(n, w, np.arange(200), cost, max_b)
+    for max_b, overhead in ((1, 0.0), (2, 0.0), (3, 0.0), (4, 0.0), (4, 300.0), (6, 2000.0)):
+        plan = plan_buckets(n, w, np.arange(200), cost, max_b, overhead)
         vals = np.unique(n)
         best = np.inf
         for k in range(1, max_b + 1):
@@ -326,12 +333,29 @@ def test_bucket_plan_is_optimal_and_bounded():
                 tot = 0.0
                 for a, b in itertools.pairwise(edges):
                     sel = np.isin(n, vals[a:b])
-                    tot += sel.sum() * cost(vals[b - 1], w[sel].max())
+                    tot += sel.sum() * cost(vals[b - 1], w[sel].max()) + overhead
                 best = min(best, tot)
         padded = sum(len(bk.positions) * cost(bk.n_node, bk.width) for bk in plan.buckets)
         assert len(plan.buckets) <= max_b
-        assert padded == pytest.approx(best)
+        assert padded + overhead * len(plan.buckets) == pytest.approx(best)
         real = sum(cost(a, b) for a, b in zip(n, w, strict=True))
         assert plan.waste == pytest.approx(1 - real / padded)
         got = np.sort(np.concatenate([bk.positions for bk in plan.buckets]))
         np.testing.assert_array_equal(got, np.arange(200))  # every event exactly once
+    # A compile cost above what any split saves gives one shape; none, every distinct size.
+    assert len(plan_buckets(n, w, np.arange(200), cost, 8, 1e9).buckets) == 1
+    assert len(plan_buckets(n, w, np.arange(200), cost, 16, 0.0).buckets) == len(np.unique(n))
+
+
+def test_default_plan_weighs_compilation_against_padding():
+    # The layouts' default compile cost (BUCKET_OVERHEAD): a few dozen events run in one shape,
+    # thousands of jets of 16-96 constituents in several (kNN 16: width 16).
+    rng = np.random.default_rng(1)
+    model = make_model("edgeconv")
+    for n_events, n_shapes in ((40, 1), (4096, 5)):
+        n = rng.integers(16, 97, size=n_events)
+        ev = random_events(n_events, n_nodes=n, seed=0)
+        gs = build_graphs(ev, "knn:16")
+        plan = NeighbourLayout(model).plan(gs)
+        assert len(plan.buckets) == n_shapes, [b.n_node for b in plan.buckets]
+        assert NeighbourLayout(model).bucket_overhead == BUCKET_OVERHEAD
