@@ -10,20 +10,24 @@ locks, checks on reopen) is :mod:`hepattr_jax.store`'s.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import numpy as np
 
+from hepattr_jax import shards
 from hepattr_jax.environment import compute_environment, versions
 from hepattr_jax.errors import StoreError
-from hepattr_jax.store import SPLITS, ScoreStore, ids_digest, read_finished
+from hepattr_jax.shards import Shard
+from hepattr_jax.store import SPLITS, ScoreStore, StoredResult, ids_digest, read_finished
 
 if TYPE_CHECKING:
     from hepattr_jax.graphs import GraphSet
     from hepattr_jax.runs import Run
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------- scoring a run
@@ -73,6 +77,62 @@ def run_meta(run: Run, kind: str, gs: GraphSet, *, split: str, chunk_size: int, 
     }
 
 
+def _score(
+    store_dir: str | Path,
+    meta: dict,
+    compute: shards.Compute,
+    finish: Callable[[ScoreStore, list[int]], T],
+    from_done: Callable[[StoredResult], T],
+    *,
+    shard: Shard | None,
+    allow_environment_change: bool,
+) -> T:
+    """One scoring job: ``compute(store, skip_chunk)`` runs the method into a store,
+    ``finish(store, chunk_indices)`` assembles and finalises its result, ``from_done`` reads a
+    finished one back.
+
+    Without ``shard``: a finished result is read back; otherwise every chunk not on disk is
+    computed (a killed run resumes), taking first any finished shards' chunks
+    (:mod:`hepattr_jax.shards`), and the result assembled. With ``shard``: this process scores its
+    share into its shard store; then, if every share is complete, it (one process only, under a
+    lock) checks and merges them and assembles the result; if not, it raises
+    :class:`hepattr_jax.shards.ShareComplete` (not an error: the last process merges, or
+    ``hepattr influence merge``).
+    """
+    allow_env = allow_environment_change
+    done = read_finished(store_dir, meta)
+    if done is not None:
+        return from_done(done)
+    if shard is not None:
+        shards.score_shard(store_dir, meta, shard, compute, allow_environment_change=allow_env)
+        with shards.merge_lock(store_dir):
+            done = read_finished(store_dir, meta)
+            if done is not None:
+                return from_done(done)
+            waiting = shards.unfinished_shards(store_dir, shard.count)
+            if waiting:
+                raise shards.ShareComplete(Path(store_dir), shard, waiting)
+            checked = shards.check_shards(store_dir, meta)
+            n = shards.copy_shard_chunks(
+                store_dir, checked, meta, allow_environment_change=allow_env
+            )
+            log.info("%s: merged %d chunk(s) from %d shares", store_dir, n, shard.count)
+            return _score_here(store_dir, meta, compute, finish, allow_env)
+    found = shards.finished_shard_chunks(store_dir, meta)
+    if found is not None:
+        n = shards.copy_shard_chunks(store_dir, found, meta, allow_environment_change=allow_env)
+        log.info("%s: took %d chunk(s) from finished shards", store_dir, n)
+    return _score_here(store_dir, meta, compute, finish, allow_env)
+
+
+def _score_here(store_dir, meta, compute, finish, allow_env):
+    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
+        seen = _ChunkLog(store)
+        compute(store, seen.skip)
+        seen.log()
+        return finish(store, seen.indices)
+
+
 class SelfInfluenceScores(NamedTuple):
     """``ids`` int64 ``[N]``; ``total`` float64 ``[N]``; ``per_checkpoint`` float64 ``[K, N]``."""
 
@@ -89,6 +149,8 @@ def scored_self_influence(
     chunk_size: int = 64,
     progress: bool = True,
     allow_environment_change: bool = False,
+    mesh=None,
+    shard: Shard | None = None,
 ) -> SelfInfluenceScores:
     """TracIn self-influence of ``run``'s ``split`` events, persisted chunk by chunk in a
     :class:`ScoreStore` at ``store_dir`` and resumed from it.
@@ -99,7 +161,10 @@ def scored_self_influence(
     Rerunning after a crash computes only the chunks not on disk; the result equals that of an
     uninterrupted run bit for bit. A finished store made from the same inputs is read back
     (:func:`hepattr_jax.store.read_finished`) without a lock or any write, so it may be
-    read-only. ``allow_environment_change``: see :meth:`ScoreStore.open`.
+    read-only. ``allow_environment_change``: see :meth:`ScoreStore.open`. ``mesh``: the local
+    devices each chunk is split over (:mod:`hepattr_jax.sharding`). ``shard``: score this
+    process's share only, see :func:`_score` (:class:`~hepattr_jax.shards.ShareComplete` is
+    raised by every process but the one that merges).
     """
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
@@ -107,12 +172,8 @@ def scored_self_influence(
     gs = split_of(run, split)
     layout = layout_for(run.model, gs)
     meta = run_meta(run, "self_influence", gs, split=split, chunk_size=chunk_size, layout=layout)
-    done = read_finished(store_dir, meta)
-    if done is not None:
-        a = done.arrays
-        return SelfInfluenceScores(a["event_ids"], a["scores"], a["scores_per_checkpoint"])
-    allow_env = allow_environment_change
-    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
+
+    def compute(store, skip):
         tracin.self_influence(
             layout,
             run.checkpoints,
@@ -121,19 +182,30 @@ def scored_self_influence(
             per_checkpoint=True,
             progress=progress,
             on_chunk=store.write_chunk,
-            skip_chunk=store.has,
+            skip_chunk=skip,
+            mesh=mesh,
         )
-        log.info(
-            "%s: %d chunk(s) reused from disk, %d computed",
-            store.directory,
-            store.n_reused,
-            store.n_written,
-        )
+
+    def finish(store, indices):
         per_k = store.assemble(len(gs), n_rows=len(run.checkpoints))
         total = per_k.sum(0)
         ids = np.asarray(gs.events.ids, np.int64)
         store.finalize({"scores": total, "scores_per_checkpoint": per_k, "event_ids": ids})
-    return SelfInfluenceScores(ids, total, per_k)
+        return SelfInfluenceScores(ids, total, per_k)
+
+    def from_done(done):
+        a = done.arrays
+        return SelfInfluenceScores(a["event_ids"], a["scores"], a["scores_per_checkpoint"])
+
+    return _score(
+        store_dir,
+        meta,
+        compute,
+        finish,
+        from_done,
+        shard=shard,
+        allow_environment_change=allow_environment_change,
+    )
 
 
 def _train_test_meta(run, kind, test_split, chunk_size, test_block, layout, **extra) -> dict:
@@ -158,6 +230,8 @@ def scored_influence_matrix(
     test_block: int | None = None,
     progress: bool = True,
     allow_environment_change: bool = False,
+    mesh=None,
+    shard: Shard | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(train_ids [N], test_ids [M], influence [N, M])`` of
     :func:`hepattr_jax.tracin.influence_matrix`, saved in a store at ``store_dir`` as
@@ -166,7 +240,8 @@ def scored_influence_matrix(
     Resumable like :func:`scored_self_influence`: each (test block, train chunk) is a store chunk
     (positions: train positions ``[c]``; values: ``[M_b, c]``, the block's columns; index:
     :func:`hepattr_jax.tracin.train_test_index`), so a rerun computes only the missing ones and
-    the assembled matrix is the uninterrupted run's, bit for bit.
+    the assembled matrix is the uninterrupted run's, bit for bit. ``mesh``, ``shard``: as for
+    :func:`scored_self_influence`.
     """
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
@@ -175,9 +250,8 @@ def scored_influence_matrix(
     layout = layout_for(run.model, train)
     test_block = test_block or tracin.default_test_block(run.checkpoints)
     meta = _train_test_meta(run, "influence_matrix", test_split, chunk_size, test_block, layout)
-    allow_env = allow_environment_change
-    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
-        seen = _ChunkLog(store)
+
+    def compute(store, skip):
         tracin.train_test_chunks(
             layout,
             run.checkpoints,
@@ -187,13 +261,15 @@ def scored_influence_matrix(
             chunk_size=chunk_size,
             test_block=test_block,
             progress=progress,
-            skip_chunk=seen.skip,
+            skip_chunk=skip,
+            mesh=mesh,
         )
-        seen.log()
+
+    def finish(store, indices):
         m = np.zeros((len(train), len(test)))
         filled = np.zeros((len(train), len(test)), np.int64)
         blocks = _test_blocks(len(test), test_block)
-        for index in seen.indices:
+        for index in indices:
             pos, vals = store.read_chunk(index)
             block = blocks[index // len(train)]
             if vals.shape != (len(block), len(pos)):
@@ -209,7 +285,21 @@ def scored_influence_matrix(
             )
         ids, test_ids = train.events.ids.astype(np.int64), test.events.ids.astype(np.int64)
         store.finalize({"influence": m, "event_ids": ids, "test_event_ids": test_ids})
-    return ids, test_ids, m
+        return ids, test_ids, m
+
+    def from_done(done):
+        a = done.arrays
+        return a["event_ids"], a["test_event_ids"], a["influence"]
+
+    return _score(
+        store_dir,
+        meta,
+        compute,
+        finish,
+        from_done,
+        shard=shard,
+        allow_environment_change=allow_environment_change,
+    )
 
 
 class _ChunkLog:
@@ -247,6 +337,8 @@ def scored_top_k(
     test_block: int | None = None,
     progress: bool = True,
     allow_environment_change: bool = False,
+    mesh=None,
+    shard: Shard | None = None,
 ) -> dict[str, np.ndarray]:
     """Top-``k`` proponents and opponents (:func:`hepattr_jax.tracin.top_k`) of every
     ``test_split`` event, as train *event ids* and scores, saved as ``topk.npz`` in a store:
@@ -260,7 +352,8 @@ def scored_top_k(
     in float64). The result merges the chunks with :func:`hepattr_jax.tracin.merge_top_k`, whose
     ranking is a strict total order, so a resumed run is byte-identical to an uninterrupted
     one (and to :func:`hepattr_jax.tracin.top_k`). Disk: ``4 k`` values per test event and
-    train chunk, never the ``N x M`` matrix.
+    train chunk, never the ``N x M`` matrix. ``mesh``, ``shard``: as for
+    :func:`scored_self_influence`.
     """
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
@@ -271,15 +364,12 @@ def scored_top_k(
     k = min(int(k), len(train))
     meta = _train_test_meta(run, "top_k", test_split, chunk_size, test_block, layout, k=k)
 
-    allow_env = allow_environment_change
-    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
-
+    def compute(store, skip):
         def persist(index, block, pos, scores):
             ps, pi, os_, oi = tracin.chunk_top_k(pos, scores, k)
             vals = np.stack([ps.T, pi.T.astype(np.float64), os_.T, oi.T.astype(np.float64)])
             store.write_chunk(index, block, vals)
 
-        seen = _ChunkLog(store)
         tracin.train_test_chunks(
             layout,
             run.checkpoints,
@@ -289,12 +379,14 @@ def scored_top_k(
             chunk_size=chunk_size,
             test_block=test_block,
             progress=progress,
-            skip_chunk=seen.skip,
+            skip_chunk=skip,
+            mesh=mesh,
         )
-        seen.log()
+
+    def finish(store, indices):
         blocks = _test_blocks(len(test), test_block)
         per_block: dict[int, list] = {b: [] for b in range(len(blocks))}
-        for index in seen.indices:
+        for index in indices:
             pos, vals = store.read_chunk(index)
             b = index // len(train)
             if vals.ndim != 3 or vals.shape[0] != 4 or not np.array_equal(pos, blocks[b]):
@@ -314,7 +406,20 @@ def scored_top_k(
             "opponent_scores": opp_s,
         }
         store.finalize(arrays, npz="topk")
-    return arrays
+        return arrays
+
+    def from_done(done):
+        return dict(done.arrays)
+
+    return _score(
+        store_dir,
+        meta,
+        compute,
+        finish,
+        from_done,
+        shard=shard,
+        allow_environment_change=allow_environment_change,
+    )
 
 
 # --------------------------------------------------------------------- TRAK
@@ -339,12 +444,15 @@ def scored_trak_features(
     chunk_size: int = 64,
     progress: bool = True,
     allow_environment_change: bool = False,
+    mesh=None,
+    shard: Shard | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(ids [N], features [K, N, d], margins [K, N])``: TRAK features
     (:func:`hepattr_jax.trak.featurize`) of ``run``'s ``split`` events at its ``"last"`` or
     ``"all"`` checkpoints, persisted chunk by chunk (resumable) in a :class:`ScoreStore` whose
     meta records the run, checkpoints, projection and settings. Writes ``features.npy``,
-    ``margins.npy`` and ``event_ids.npy``."""
+    ``margins.npy`` and ``event_ids.npy``. ``mesh``, ``shard``: as for
+    :func:`scored_self_influence`."""
     import dataclasses
 
     import jax
@@ -360,8 +468,8 @@ def scored_trak_features(
     dtype = np.dtype(jax.tree_util.tree_leaves(ck.params)[0].dtype)
     meta.update(projection=projector.to_meta(), output="margin", dtype=dtype.name)
     d = projector.proj_dim
-    allow_env = allow_environment_change
-    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_env) as store:
+
+    def compute(store, skip):
         trak.featurize(
             layout,
             ck,
@@ -370,14 +478,31 @@ def scored_trak_features(
             chunk_size=chunk_size,
             progress=progress,
             on_chunk=store.write_chunk,
-            skip_chunk=store.has,
+            skip_chunk=skip,
+            mesh=mesh,
         )
+
+    def finish(store, indices):
         both = store.assemble(len(gs), n_rows=(len(ck), d + 1))
         features = np.ascontiguousarray(both[:, :d].transpose(0, 2, 1))
         margins = both[:, d]
         ids = np.asarray(gs.events.ids, np.int64)
         store.finalize({"features": features, "margins": margins, "event_ids": ids})
-    return ids, features, margins
+        return ids, features, margins
+
+    def from_done(done):
+        a = done.arrays
+        return a["event_ids"], a["features"], a["margins"]
+
+    return _score(
+        store_dir,
+        meta,
+        compute,
+        finish,
+        from_done,
+        shard=shard,
+        allow_environment_change=allow_environment_change,
+    )
 
 
 def scored_trak(
@@ -391,9 +516,15 @@ def scored_trak(
     chunk_size: int = 64,
     progress: bool = True,
     allow_environment_change: bool = False,
+    mesh=None,
+    shard: Shard | None = None,
 ) -> dict[str, np.ndarray]:
     """TRAK scores of every train event on every ``test_split`` event, ensembled over ``runs``
     (each contributing its ``"last"`` or ``"all"`` checkpoints), and TRAK self-influence.
+
+    With ``shard``, every features store is scored share by share; the process that completes
+    the last share of the last store merges any not merged yet and computes the scores (the
+    others raise :class:`~hepattr_jax.shards.ShareComplete`).
 
     Features of each run and split go to ``store_dir/features/run<i>_<split>`` (resumable
     stores); the result, ``store_dir`` itself, holds ``scores.npy`` ``[N, M]``,
@@ -419,27 +550,48 @@ def scored_trak(
                 f"{runs[0].data.fingerprint} of {runs[0].run_dir} (other events, labels or "
                 "normalisation); ensemble members must be trained on the same data"
             )
-    parts_tr: list[tuple[np.ndarray, np.ndarray]] = []
-    parts_te: list[tuple[np.ndarray, np.ndarray]] = []
+    jobs = []
     for i, run in enumerate(runs):
-        for split, ref, parts in (("train", train0, parts_tr), (test_split, test0, parts_te)):
+        for split, ref in (("train", train0), (test_split, test0)):
             gs = split_of(run, split)
             if not np.array_equal(gs.events.ids, ref.events.ids):
                 raise ConfigError(
                     f"{run.run_dir}: its {split} events differ from those of {runs[0].run_dir}; "
                     "ensemble members must be trained on the same data"
                 )
-            _, f, m = scored_trak_features(
-                run,
-                store_dir / "features" / f"run{i}_{split}",
-                projector,
-                split=split,
-                checkpoints=checkpoints,
-                chunk_size=chunk_size,
-                progress=progress,
-                allow_environment_change=allow_environment_change,
-            )
-            parts.append((f, m))
+            jobs.append((run, split, store_dir / "features" / f"run{i}_{split}"))
+
+    def features(job):
+        run, split, where = job
+        return scored_trak_features(
+            run,
+            where,
+            projector,
+            split=split,
+            checkpoints=checkpoints,
+            chunk_size=chunk_size,
+            progress=progress,
+            allow_environment_change=allow_environment_change,
+            mesh=mesh,
+            shard=shard,
+        )
+
+    got: list = []
+    pending = []
+    for job in jobs:
+        try:
+            got.append(features(job))
+        except shards.ShareComplete as e:
+            got.append(None)
+            pending.append(e)
+    if pending:
+        # A store whose last share another process completed before this one finished its
+        # later stores was left unmerged: every share is complete once this process's last one
+        # is, if it is the last process, so a second pass merges what is left (finished shares
+        # are not recomputed); a process that is not the last still finds some incomplete.
+        got = [g if g is not None else features(job) for g, job in zip(got, jobs, strict=True)]
+    parts_tr = [(g[1], g[2]) for g in got[0::2]]  # jobs alternate: train, then test_split
+    parts_te = [(g[1], g[2]) for g in got[1::2]]
     ftr, mtr = trak.stack_members(parts_tr)
     fte, _ = trak.stack_members(parts_te)
     members = []

@@ -15,8 +15,9 @@ Use::
     mesh = event_mesh()                      # all local devices
     self_influence(layout, ckpts, gs, chunk_size=64 * mesh.size, mesh=mesh)
 
-Several hosts: see ``docs/multihost.md``. Each process builds its mesh from its *local* devices
-and scores only the chunks :func:`process_chunk_filter` gives it.
+Several processes or hosts: see ``docs/multihost.md`` and :mod:`hepattr_jax.shards`. Each
+process builds its mesh from its *local* devices and scores only the chunks it owns
+(:func:`process_chunk_filter`, or :class:`hepattr_jax.shards.Shard` for the store-level shares).
 """
 
 from __future__ import annotations

@@ -248,6 +248,13 @@ class ScoreStore:
             _unlock(lock_fd)
             raise
 
+    @classmethod
+    def reader(cls, directory: str | Path) -> ScoreStore:
+        """The store at ``directory`` for reading chunks only (:meth:`read_chunk`): no lock
+        taken, nothing written (it may be read-only or another process's); writing raises."""
+        directory = Path(directory)
+        return cls(directory, _read_meta(directory), None, set())
+
     def close(self) -> None:
         """Releases the directory lock (also released when the process exits)."""
         _unlock(self._lock_fd)
@@ -490,6 +497,11 @@ def _unlock(fd: int | None) -> None:
             os.close(fd)  # closing the descriptor drops its flock
         except OSError:
             pass
+
+
+def read_store_meta(directory: str | Path) -> dict:
+    """The ``meta.json`` of the store at ``directory``, checked to be a score store's."""
+    return _read_meta(Path(directory))
 
 
 def _read_meta(directory: Path) -> dict:

@@ -41,14 +41,18 @@ def test_unknown_model_is_a_clear_error():
 
 
 @pytest.mark.parametrize("name,use_globals", VARIANTS)
-def test_permuting_an_events_nodes_leaves_its_logit_unchanged(name, use_globals, small_events):
+def test_logits_invariant_under_node_permutation_and_padding(name, use_globals, small_events):
+    # One test for both invariances: they share the model's compilations at the tight budget.
     gs = build_graphs(small_events)
+    pos = np.arange(len(gs))
     budget = gs.batch_budget(len(gs))
-    batch = gs.training_batch(np.arange(len(gs)), budget)
-    model, params = _init(name, use_globals, gs, batch)
+    tight = gs.training_batch(pos, budget)
+    model, params = _init(name, use_globals, gs, tight)
     apply = jax.jit(model.apply)  # jitted: op-by-op dispatch of the jet models is slow
-    logits = apply(params, batch.graphs)
+    logits = apply(params, tight.graphs)
+    ref = logits[:10]
 
+    # Permuting each event's nodes leaves its logit unchanged.
     rng = np.random.default_rng(0)
     perm_lists = []
     for i in range(len(small_events)):
@@ -63,23 +67,15 @@ def test_permuting_an_events_nodes_leaves_its_logit_unchanged(name, use_globals,
     )
     gp = build_graphs(permuted)
     logits_p = apply(params, gp.training_batch(np.arange(len(gp)), budget).graphs)
-    np.testing.assert_allclose(logits_p[:10], logits[:10], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits_p[:10], ref, rtol=1e-5, atol=1e-6)
 
-
-@pytest.mark.parametrize("name,use_globals", VARIANTS)
-def test_padding_leaves_real_logits_unchanged(name, use_globals, small_events):
-    gs = build_graphs(small_events)
-    pos = np.arange(len(gs))
-    tight = gs.training_batch(pos, gs.batch_budget(len(gs)))
-    model, params = _init(name, use_globals, gs, tight)
-    apply = jax.jit(model.apply)
-    ref = apply(params, tight.graphs)[:10]
-    # A much larger budget (more padding nodes, edges and empty graphs).
+    # Padding leaves the real logits unchanged: a much larger budget (more padding nodes, edges
+    # and empty graphs) ...
     big = gs.batch_budget(3 * len(gs))
     loose = apply(params, gs.training_batch(pos, big).graphs)
     np.testing.assert_allclose(loose[:10], ref, rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(loose))
-    # Each event padded alone in a per-example stack (vmapped), including single-node events.
+    # ... and each event padded alone in a per-example stack (vmapped), single-node events too.
     stack = gs.example_stack(pos, gs.single_budget(), size=12)
     per = jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))(params, stack.graphs)
     np.testing.assert_allclose(per[:10, 0], ref, rtol=1e-5, atol=1e-6)

@@ -6,6 +6,7 @@ commands:
   influence matrix    the N_train x N_test TracIn influence matrix
   influence topk      top-k TracIn proponents and opponents of each test event
   influence trak      TRAK scores and self-influence, ensembled over runs
+  influence merge     the result of a store scored by several processes (--processes)
   explain RUN_DIR     feature importance, Shapley values, coverage, activation patterns
   generate NAME       jets from Pythia 8 + FastJet (optional extra hepattr-jax[generate])
 

@@ -15,6 +15,16 @@
   ``scores.npy`` ``[N_train, N_test]``, ``self_influence.npy``, ids; each run's projected
   features in resumable stores under ``features/``.
 
+* ``merge``: the result of a store whose shares were scored by several processes
+  (``--processes``), from its ``shards/`` (checked: the same inputs, every chunk exactly once).
+
+Several processes (hosts, or one host's process per accelerator) share one result with
+``--processes N --process-id I``: process ``I`` scores the chunks ``I, I + N, ...`` into
+``OUT/shards/process_I_of_N`` and the one that completes the last share merges them into ``OUT``
+(:mod:`hepattr_jax.shards`). ``--coordinator HOST:PORT`` (or ``--distributed`` under SLURM or Open
+MPI) starts ``jax.distributed`` first. A process with several local devices splits each chunk
+over them (``--chunk-size`` a multiple of their number). See docs/multihost.md.
+
 Results go to ``RUN_DIR/influence/<kind>_<split>`` unless ``--out`` says otherwise; every output
 directory is a :mod:`hepattr_jax.store` (``meta.json`` records the checkpoints, data and settings,
 and a directory made from other inputs is refused). A store made under another JAX backend,
@@ -58,6 +68,7 @@ def add_parser(subparsers) -> None:
         q.add_argument("--quiet", action="store_true", help="no progress bars")
         allow_missing(q)
         _env_flag(q)
+        _process_flags(q)
 
     s = sub.add_parser("self", help="self-influence of every event of a split (resumable)")
     common(s)
@@ -111,7 +122,33 @@ def add_parser(subparsers) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     allow_missing(t)
     _env_flag(t)
+    _process_flags(t)
     t.set_defaults(func=_cmd_trak)
+
+    m = sub.add_parser(
+        "merge",
+        help="the result of a store scored by several processes, from its shards",
+        description="Checks the shards of STORE (the same inputs and chunking, every chunk held "
+        "by exactly one finished share; a missing, unfinished or foreign shard is named) and "
+        "assembles the ordinary result in STORE, as one process would have written it. For TRAK, "
+        "rerun `hepattr influence trak` without --processes instead: it takes the finished "
+        "shares of its feature stores.",
+    )
+    m.add_argument("store", type=Path, help="the output directory the processes shared (--out)")
+    m.add_argument(
+        "--shards",
+        type=Path,
+        nargs="+",
+        help="shard directories (default: every one under STORE/shards; give them when they were "
+        "written on hosts without a shared file system and copied elsewhere)",
+    )
+    m.add_argument(
+        "--run-dir", type=Path, help="the run directory, if it moved since the shards were made"
+    )
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
+    allow_missing(m)
+    _env_flag(m)
+    m.set_defaults(func=_cmd_merge)
 
 
 def allow_missing(q) -> None:
@@ -133,6 +170,62 @@ def _env_flag(q) -> None:
     )
 
 
+def _process_flags(q) -> None:
+    g = q.add_argument_group(
+        "several processes", "share the chunks of one result between processes (docs/multihost.md)"
+    )
+    g.add_argument(
+        "--processes", type=int, metavar="N", help="processes sharing the work (default 1)"
+    )
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
+    g.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="start jax.distributed with process 0's address (the same for every process); "
+        "without it the shares run as independent processes",
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="start jax.distributed from the cluster's own variables (SLURM, Open MPI): process "
+        "count and index come from them",
+    )
+
+
+def _start_processes(args):
+    """Starts ``jax.distributed`` when asked (before any other JAX call) and returns this
+    process's :class:`~hepattr_jax.shards.Shard`, or None for a single process; and the mesh
+    over its local devices, or None for one device."""
+    import jax
+
+    from hepattr_jax.errors import ConfigError
+    from hepattr_jax.sharding import event_mesh
+    from hepattr_jax.shards import Shard
+
+    n, i = getattr(args, "processes", None), getattr(args, "process_id", None)
+    coordinator = getattr(args, "coordinator", None)
+    if coordinator is not None or getattr(args, "distributed", False):
+        if coordinator is not None and (n is None or i is None):
+            raise ConfigError("--coordinator needs --processes and --process-id")
+        if n is not None and (n < 1 or i is None or not 0 <= i < n):
+            raise ConfigError(f"--process-id {i} is outside [0, --processes {n})")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=n, process_id=i)
+        n, i = jax.process_count(), jax.process_index()
+    elif n is not None or i is not None:
+        if n is None or i is None:
+            raise ConfigError("--processes and --process-id go together")
+        if n < 1 or not 0 <= i < n:
+            raise ConfigError(f"--process-id {i} is outside [0, --processes {n})")
+    shard = Shard(int(i), int(n)) if n is not None and i is not None and n > 1 else None
+    mesh = event_mesh() if jax.local_device_count() > 1 else None
+    return shard, mesh
+
+
+def _share_done(e) -> int:
+    print(str(e))
+    return 0
+
+
 def _positive(args, *names) -> None:
     from hepattr_jax.errors import ConfigError
 
@@ -151,17 +244,24 @@ def _load(args):
 
 def _cmd_self(args) -> int:
     from hepattr_jax.scoring import scored_self_influence
+    from hepattr_jax.shards import ShareComplete
 
+    shard, mesh = _start_processes(args)
     run = _load(args)
     out = args.out or args.run_dir / "influence" / f"self_influence_{args.split}"
-    ids, total, per_k = scored_self_influence(
-        run,
-        out,
-        split=args.split,
-        chunk_size=args.chunk_size,
-        progress=not args.quiet,
-        allow_environment_change=args.allow_environment_change,
-    )
+    try:
+        ids, total, per_k = scored_self_influence(
+            run,
+            out,
+            split=args.split,
+            chunk_size=args.chunk_size,
+            progress=not args.quiet,
+            allow_environment_change=args.allow_environment_change,
+            mesh=mesh,
+            shard=shard,
+        )
+    except ShareComplete as e:
+        return _share_done(e)
     labels = getattr(run.data, args.split).events.labels
     print(
         f"self-influence of {len(ids)} {args.split} events over {per_k.shape[0]} checkpoints "
@@ -176,18 +276,25 @@ def _cmd_self(args) -> int:
 
 def _cmd_matrix(args) -> int:
     from hepattr_jax.scoring import scored_influence_matrix
+    from hepattr_jax.shards import ShareComplete
 
+    shard, mesh = _start_processes(args)
     run = _load(args)
     out = args.out or args.run_dir / "influence" / f"matrix_{args.test_split}"
-    ids, test_ids, m = scored_influence_matrix(
-        run,
-        out,
-        test_split=args.test_split,
-        chunk_size=args.chunk_size,
-        test_block=args.test_block,
-        progress=not args.quiet,
-        allow_environment_change=args.allow_environment_change,
-    )
+    try:
+        ids, test_ids, m = scored_influence_matrix(
+            run,
+            out,
+            test_split=args.test_split,
+            chunk_size=args.chunk_size,
+            test_block=args.test_block,
+            progress=not args.quiet,
+            allow_environment_change=args.allow_environment_change,
+            mesh=mesh,
+            shard=shard,
+        )
+    except ShareComplete as e:
+        return _share_done(e)
     print(
         f"influence of {len(ids)} train events on {len(test_ids)} {args.test_split} events "
         f"-> {Path(out).resolve() / 'influence.npy'}"
@@ -223,19 +330,26 @@ def topk_summary(arrays: dict, train_labels: dict, test_labels: dict, n: int, sh
 def _cmd_topk(args) -> int:
     from hepattr_jax.io_utils import atomic_write_text
     from hepattr_jax.scoring import scored_top_k
+    from hepattr_jax.shards import ShareComplete
 
+    shard, mesh = _start_processes(args)
     run = _load(args)
     out = Path(args.out or args.run_dir / "influence" / f"top{args.k}_{args.test_split}")
-    arrays = scored_top_k(
-        run,
-        out,
-        args.k,
-        test_split=args.test_split,
-        chunk_size=args.chunk_size,
-        test_block=args.test_block,
-        progress=not args.quiet,
-        allow_environment_change=args.allow_environment_change,
-    )
+    try:
+        arrays = scored_top_k(
+            run,
+            out,
+            args.k,
+            test_split=args.test_split,
+            chunk_size=args.chunk_size,
+            test_block=args.test_block,
+            progress=not args.quiet,
+            allow_environment_change=args.allow_environment_change,
+            mesh=mesh,
+            shard=shard,
+        )
+    except ShareComplete as e:
+        return _share_done(e)
     ev_tr, ev_te = run.data.train.events, getattr(run.data, args.test_split).events
     summary = topk_summary(
         arrays,
@@ -258,10 +372,12 @@ def _cmd_trak(args) -> int:
     from hepattr_jax.projection import Projector
     from hepattr_jax.runs import load_run
     from hepattr_jax.scoring import scored_trak
+    from hepattr_jax.shards import ShareComplete
 
     _positive(args, "chunk_size", "proj_dim")
     if not args.damping > 0:
         raise ConfigError(f"--damping must be > 0, got {args.damping}")
+    shard, mesh = _start_processes(args)
     allow = args.allow_missing_checkpoints
     first = load_run(args.run_dir[0], allow_missing_checkpoints=allow)
     runs = [first] + [
@@ -269,17 +385,22 @@ def _cmd_trak(args) -> int:
     ]
     proj = Projector(args.proj_dim, kind=args.projection, seed=args.proj_seed)
     out = Path(args.out or args.run_dir[0] / "influence" / f"trak_{args.test_split}")
-    arrays = scored_trak(
-        runs,
-        out,
-        proj,
-        test_split=args.test_split,
-        checkpoints=args.checkpoints,
-        damping=args.damping,
-        chunk_size=args.chunk_size,
-        progress=not args.quiet,
-        allow_environment_change=args.allow_environment_change,
-    )
+    try:
+        arrays = scored_trak(
+            runs,
+            out,
+            proj,
+            test_split=args.test_split,
+            checkpoints=args.checkpoints,
+            damping=args.damping,
+            chunk_size=args.chunk_size,
+            progress=not args.quiet,
+            allow_environment_change=args.allow_environment_change,
+            mesh=mesh,
+            shard=shard,
+        )
+    except ShareComplete as e:
+        return _share_done(e)
     s, si = arrays["scores"], arrays["self_influence"]
     print(
         f"TRAK over {len(runs)} run(s) ({args.checkpoints} checkpoints), d = {args.proj_dim}: "
@@ -290,4 +411,51 @@ def _cmd_trak(args) -> int:
     print(f"highest TRAK self-influence ({min(N_SHOWN, len(ids))}):")
     for i in np.argsort(-si, kind="stable")[:N_SHOWN]:
         print(f"  event {ids[i]:>10d}  {si[i]:.6g}")
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from hepattr_jax import shards
+    from hepattr_jax.errors import ConfigError
+    from hepattr_jax.runs import load_run
+    from hepattr_jax.scoring import scored_influence_matrix, scored_self_influence, scored_top_k
+
+    store = Path(args.store)
+    checked = shards.check_shards(store, shard_dirs=args.shards)
+    meta = checked.meta
+    kind = meta["kind"]
+    kinds = {"self_influence": "self", "influence_matrix": "matrix", "top_k": "topk"}
+    if kind not in kinds:
+        raise ConfigError(
+            f"{store}: shards of a {kind!r} store; merge those by rerunning their command "
+            "without --processes (it takes every finished share and computes the rest)"
+        )
+    n = shards.copy_shard_chunks(
+        store, checked, meta, allow_environment_change=args.allow_environment_change
+    )
+    print(f"{store}: {n} chunk(s) taken from {len(set(checked.holder.values()))} shards")
+    run = load_run(
+        args.run_dir or meta["run_dir"], allow_missing_checkpoints=args.allow_missing_checkpoints
+    )
+    common = dict(
+        chunk_size=int(meta["chunk_size"]),
+        progress=not args.quiet,
+        allow_environment_change=args.allow_environment_change,
+    )
+    if kind == "self_influence":
+        scored_self_influence(run, store, split=meta["split"], **common)
+    elif kind == "influence_matrix":
+        scored_influence_matrix(
+            run, store, test_split=meta["test_split"], test_block=int(meta["test_block"]), **common
+        )
+    else:
+        scored_top_k(
+            run,
+            store,
+            int(meta["k"]),
+            test_split=meta["test_split"],
+            test_block=int(meta["test_block"]),
+            **common,
+        )
+    print(f"merged {kinds[kind]} result -> {store.resolve()}")
     return 0
