@@ -112,7 +112,8 @@ def _score(
             waiting = shards.unfinished_shards(store_dir, shard.count)
             if waiting:
                 raise shards.ShareComplete(Path(store_dir), shard, waiting)
-            checked = shards.check_shards(store_dir, meta)
+            own = [shards.shard_dir(store_dir, Shard(i, shard.count)) for i in range(shard.count)]
+            checked = shards.check_shards(store_dir, meta, shard_dirs=own)
             n = shards.copy_shard_chunks(
                 store_dir, checked, meta, allow_environment_change=allow_env
             )

@@ -214,26 +214,21 @@ def _start(argv, cache, log):
     )
 
 
-def _pair(argv, cache, logs, kill_share=None, timeout=300):
-    """Processes 0 and 1 of 2 with jax.distributed; ``kill_share``: SIGKILL both once process 1
-    has a chunk on disk (a job torn down part way). Returns both exit codes."""
+def _launch(argv, cache, logs, tag=""):
+    """Processes 0 and 1 of 2, joined by jax.distributed on a free localhost port."""
     port = _free_port()
-    procs = [
+    return [
         _start(
             [*argv, "--processes", 2, "--process-id", i, "--coordinator", f"localhost:{port}"],
             cache,
-            logs / f"process_{i}.log",
+            logs / f"{tag}process_{i}.log",
         )
         for i in range(2)
     ]
+
+
+def _wait(procs, timeout=300):
     deadline = time.monotonic() + timeout
-    if kill_share is not None:
-        while procs[1].poll() is None and time.monotonic() < deadline:
-            if any(kill_share.glob("chunk_*.npz")):
-                for p in procs:
-                    p.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.002)
     rcs = []
     for p in procs:
         try:
@@ -242,6 +237,18 @@ def _pair(argv, cache, logs, kill_share=None, timeout=300):
             p.kill()
             rcs.append(p.wait())
     return rcs
+
+
+def _kill_when(procs, share, timeout=300):
+    """SIGKILLs every process once ``share`` has a chunk on disk (a job torn down part way)."""
+    deadline = time.monotonic() + timeout
+    while procs[1].poll() is None and time.monotonic() < deadline:
+        if any(share.glob("chunk_*.npz")):
+            for p in procs:
+                p.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    return _wait(procs)
 
 
 @pytest.mark.slow  # real processes: make test runs it, make test-fast not
@@ -272,24 +279,24 @@ def test_two_processes_with_jax_distributed_equal_one_bit_for_bit(run, tmp_path)
     out = tmp_path / "mp"
     argv = ["self", rd, "--out", out, "--chunk-size", CHUNK, "--quiet"]
     share1 = out / "shards" / "process_1_of_2" / "chunks"
-    rcs = _pair(argv, cache, logs, kill_share=share1)
+    rcs = _kill_when(_launch(argv, cache, logs), share1)
     assert rcs[1] == -signal.SIGKILL, (logs / "process_1.log").read_text()[-3000:]
     kept = sorted(p.name for p in share1.glob("chunk_*.npz"))
     assert kept and not (out / "result.json").exists()
-    rcs = _pair(argv, cache, logs)
+    # The restart, and beside it an uninterrupted top-k pair (four processes at once).
+    top = tmp_path / "mp_top"
+    top_argv = ["topk", rd, "-k", 3, "--out", top, "--chunk-size", CHUNK, "--quiet"]
+    procs = _launch(argv, cache, logs) + _launch(top_argv, cache, logs, tag="topk_")
+    rcs = _wait(procs)
     text = [(logs / f"process_{i}.log").read_text() for i in range(2)]
-    assert rcs == [0, 0], text
+    text_top = [(logs / f"topk_process_{i}.log").read_text()[-2000:] for i in range(2)]
+    assert rcs == [0, 0, 0, 0], (text, text_top)
     assert any("complete; waiting for" in t for t in text) or all(
         "self-influence of" in t for t in text
     )
     assert f"{len(kept)} chunk(s) of" in text[1] and "reused from disk" in text[1]
     for f in ("scores.npy", "scores_per_checkpoint.npy", "event_ids.npy"):
         assert (out / f).read_bytes() == (tmp_path / "ref" / f).read_bytes(), f
-
-    # Top-k: one uninterrupted pair.
-    top = tmp_path / "mp_top"
-    rcs = _pair(["topk", rd, "-k", 3, "--out", top, "--chunk-size", CHUNK, "--quiet"], cache, logs)
-    assert rcs == [0, 0], [(logs / f"process_{i}.log").read_text()[-2000:] for i in range(2)]
     assert (top / "topk.npz").read_bytes() == (tmp_path / "ref_top" / "topk.npz").read_bytes()
     assert read_result(top).arrays["proponent_ids"].shape[1] == 3
     print(f"multi-process test: {time.monotonic() - t0:.1f} s (reference {t_ref:.1f} s)")
