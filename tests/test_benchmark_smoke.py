@@ -85,6 +85,7 @@ def _check_model(m: dict) -> None:
         assert lo < b["ratio_xla_over_hand"] < hi, (m["model"], b)
 
 
+@pytest.mark.slow  # shares the quick preset's end-to-end run with the test above
 def test_quick_preset_matrix_and_cache(quick):
     _, res = quick
     m = res["influence_matrix"]["quick-edgeconv"]

@@ -147,6 +147,7 @@ def test_gnn_bias_free_conservation_and_grad_x_input(name):
         np.testing.assert_allclose(out["globals"], g.globals * gg, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow  # compiles the batched LRP of a trained-size model: make test only
 def test_batched_relevance_with_biases_conserves_per_event():
     ev = random_events(40, n_node_range=(1, 6), n_features=3, n_globals=2, seed=7)
     gs = build_graphs(ev)

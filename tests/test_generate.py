@@ -170,6 +170,7 @@ def test_cli_reports_errors(tmp_path, capsys):
     assert "unknown process 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess: make test runs it, make test-fast not
 def test_library_import_does_not_load_gpl_code():
     code = (
         "import sys, hepattr_jax, hepattr_jax.data.generate; "

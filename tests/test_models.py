@@ -15,7 +15,14 @@ from hepattr_jax.losses import bce_with_logits, example_loss, mean_loss
 from hepattr_jax.models import MODELS, count_params, make_model
 
 ALL = sorted(MODELS)
-VARIANTS = [(m, g) for m in ALL for g in (False, True)]
+# The jet models that compile longest (dynedge, part) run in make test only; make test-fast keeps
+# the others (particlenet for the dynamic-kNN family).
+_LONG = ("dynedge", "part")
+SLOW = pytest.mark.slow
+VARIANTS = [
+    pytest.param(m, g, marks=SLOW) if m in _LONG else (m, g) for m in ALL for g in (False, True)
+]
+MODEL_NAMES = [pytest.param(m, marks=SLOW) if m in _LONG else m for m in ALL]
 # Dynamic-kNN models at k = 3, so that the recomputed graphs of these events (1..12 nodes) are
 # real neighbour selections rather than every other node.
 KWARGS = {"particlenet": dict(k=3), "dynedge": dict(k=3)}
@@ -82,7 +89,7 @@ def test_logits_invariant_under_node_permutation_and_padding(name, use_globals, 
     assert np.all(np.isfinite(per))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_padding_contributes_no_gradient(name, small_events):
     gs = build_graphs(small_events)
     pos = np.arange(len(gs))
