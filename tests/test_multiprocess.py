@@ -180,6 +180,7 @@ def test_bad_process_flags_are_named(run, capsys):
         (["--processes", "2"], "--processes and --process-id go together"),
         (["--processes", "2", "--process-id", "2"], "outside [0, --processes 2)"),
         (["--coordinator", "localhost:1"], "--coordinator needs --processes"),
+        (["--distributed"], "jax.distributed could not start from the cluster's variables"),
     ):
         rc = cli.main(["influence", "self", str(run.run_dir), "--quiet", *argv])
         assert rc == 2 and what in capsys.readouterr().err

@@ -209,7 +209,15 @@ def _start_processes(args):
             raise ConfigError("--coordinator needs --processes and --process-id")
         if n is not None and (n < 1 or i is None or not 0 <= i < n):
             raise ConfigError(f"--process-id {i} is outside [0, --processes {n})")
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=n, process_id=i)
+        try:
+            jax.distributed.initialize(
+                coordinator_address=coordinator, num_processes=n, process_id=i
+            )
+        except Exception as e:  # no cluster detected, unreachable coordinator, ...
+            where = coordinator or "the cluster's variables (--distributed)"
+            raise ConfigError(
+                f"jax.distributed could not start from {where}: {type(e).__name__}: {e}"
+            ) from None
         n, i = jax.process_count(), jax.process_index()
     elif n is not None or i is not None:
         if n is None or i is None:
