@@ -11,6 +11,7 @@ both restarted) and top-k equal a single process's with the same two devices, bi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -149,6 +150,15 @@ def test_merge_names_what_is_missing_or_foreign_and_is_idempotent(run, tmp_path,
     shutil.copytree(other / "shards" / "process_2_of_3", out / "shards" / "process_2_of_3")
     rc, text = _merge(capsys, out)
     assert rc == 2 and "process_2_of_3: a shard of another result" in text and "split" in text
+    # ... and a share of another run (other initial parameters: other checkpoints).
+    train(dataclasses.replace(TINY, seed=7), tmp_path / "run7", progress=False)
+    _share(load_run(tmp_path / "run7"), tmp_path / "si7", 2, 3)
+    two = out / "shards" / "process_2_of_3"
+    shutil.rmtree(two)
+    shutil.copytree(tmp_path / "si7" / "shards" / "process_2_of_3", two)
+    rc, text = _merge(capsys, out)
+    assert rc == 2 and "process_2_of_3: a shard of another result" in text
+    assert "checkpoint_hashes" in text
     shutil.rmtree(out / "shards" / "process_2_of_3")
     for f in SELF_FILES:  # (a finished result is read back, so no share would be scored)
         (out / f).unlink()
