@@ -85,34 +85,6 @@ def pytest_sessionstart(session):
         )
 
 
-# Longest files first (their test time on the 2-core machine, 2026-12-06, in this order): under
-# pytest-xdist's --dist loadfile the workers take files in collection order, so starting the long
-# ones first keeps both cores busy to the end, instead of one worker finishing a long file alone.
-_LONG_FIRST = (
-    "test_tracin",
-    "test_models",
-    "test_jet_models",
-    "test_benchmark_smoke",
-    "test_explain",
-    "test_influence_cli",
-    "test_multiprocess",
-    "test_projection",
-    "test_gnn_irst",
-    "test_trak",
-    "test_explain_lrp",
-    "test_train",
-    "test_generate",
-    "test_sharding",
-    "test_datamodels",
-    "test_clusters",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))
-
-
 @pytest.fixture
 def small_events():
     """Named corner cases: a single-node event (no edges), a two-node event, and typical sizes."""

@@ -229,6 +229,17 @@ def _start_processes(args):
     return shard, mesh
 
 
+def _scoring(args, shard, mesh) -> dict:
+    """The keyword arguments every ``scored_*`` call of a command shares."""
+    return dict(
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+        allow_environment_change=args.allow_environment_change,
+        mesh=mesh,
+        shard=shard,
+    )
+
+
 def _share_done(e) -> int:
     print(str(e))
     return 0
@@ -262,11 +273,7 @@ def _cmd_self(args) -> int:
             run,
             out,
             split=args.split,
-            chunk_size=args.chunk_size,
-            progress=not args.quiet,
-            allow_environment_change=args.allow_environment_change,
-            mesh=mesh,
-            shard=shard,
+            **_scoring(args, shard, mesh),
         )
     except ShareComplete as e:
         return _share_done(e)
@@ -294,12 +301,8 @@ def _cmd_matrix(args) -> int:
             run,
             out,
             test_split=args.test_split,
-            chunk_size=args.chunk_size,
             test_block=args.test_block,
-            progress=not args.quiet,
-            allow_environment_change=args.allow_environment_change,
-            mesh=mesh,
-            shard=shard,
+            **_scoring(args, shard, mesh),
         )
     except ShareComplete as e:
         return _share_done(e)
@@ -349,12 +352,8 @@ def _cmd_topk(args) -> int:
             out,
             args.k,
             test_split=args.test_split,
-            chunk_size=args.chunk_size,
             test_block=args.test_block,
-            progress=not args.quiet,
-            allow_environment_change=args.allow_environment_change,
-            mesh=mesh,
-            shard=shard,
+            **_scoring(args, shard, mesh),
         )
     except ShareComplete as e:
         return _share_done(e)
@@ -401,11 +400,7 @@ def _cmd_trak(args) -> int:
             test_split=args.test_split,
             checkpoints=args.checkpoints,
             damping=args.damping,
-            chunk_size=args.chunk_size,
-            progress=not args.quiet,
-            allow_environment_change=args.allow_environment_change,
-            mesh=mesh,
-            shard=shard,
+            **_scoring(args, shard, mesh),
         )
     except ShareComplete as e:
         return _share_done(e)
