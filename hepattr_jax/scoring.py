@@ -114,14 +114,12 @@ def _score(
                 raise shards.ShareComplete(Path(store_dir), shard, waiting)
             own = [shards.shard_dir(store_dir, Shard(i, shard.count)) for i in range(shard.count)]
             checked = shards.check_shards(store_dir, meta, shard_dirs=own)
-            n = shards.copy_shard_chunks(
-                store_dir, checked, meta, allow_environment_change=allow_env
-            )
+            n = shards.copy_shard_chunks(store_dir, checked, allow_environment_change=allow_env)
             log.info("%s: merged %d chunk(s) from %d shares", store_dir, n, shard.count)
             return _score_here(store_dir, meta, compute, finish, allow_env)
     found = shards.finished_shard_chunks(store_dir, meta)
     if found is not None:
-        n = shards.copy_shard_chunks(store_dir, found, meta, allow_environment_change=allow_env)
+        n = shards.copy_shard_chunks(store_dir, found, allow_environment_change=allow_env)
         log.info("%s: took %d chunk(s) from finished shards", store_dir, n)
     return _score_here(store_dir, meta, compute, finish, allow_env)
 

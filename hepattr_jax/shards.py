@@ -26,12 +26,10 @@ Launching the processes (``jax.distributed``) is the command line's business
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,18 +40,12 @@ from hepattr_jax.io_utils import ensure_dir
 from hepattr_jax.store import (
     ScoreStore,
     StoredResult,
+    held_lock,
     meta_differences,
     read_finished,
     read_result,
     read_store_meta,
 )
-
-try:
-    import fcntl
-
-    _HAS_FCNTL = True
-except ImportError:  # pragma: no cover
-    _HAS_FCNTL = False
 
 log = logging.getLogger(__name__)
 
@@ -128,22 +120,16 @@ def score_shard(
 ) -> Path:
     """Scores ``shard``'s chunks into its own store (resuming it) and marks it complete with the
     chunk indices of the whole chunking and those it owns. Returns the shard's directory."""
-    shard = Shard(int(shard.index), int(shard.count)).check()
+    shard.check()
     d = shard_dir(store_dir, shard)
     m = shard_meta(meta, shard)
     done = read_finished(d, m)
     if done is not None:
-        reader = ScoreStore.reader(d)
-        lost = []
-        for c in done.arrays["owned_chunks"].tolist():
-            try:
-                reader.read_chunk(c)
-            except StoreError:
-                lost.append(c)
-        if not lost:
+        gone = _unreadable(d, done.arrays["owned_chunks"])
+        if not gone:
             log.info("%s: this process's share is already complete", d)
             return d
-        log.warning("%s: chunks %s lost since the share was completed; recomputing", d, lost)
+        log.warning("%s: chunks %s lost since the share was completed; recomputing", d, list(gone))
         (d / "result.json").unlink()
     with ScoreStore.open(d, m, allow_environment_change=allow_environment_change) as store:
         seen: list[int] = []
@@ -181,6 +167,19 @@ class ShardSet(NamedTuple):
     meta: dict
     chunk_indices: np.ndarray
     holder: dict[int, Path]
+
+
+def _unreadable(shard_dir: Path, chunks: np.ndarray) -> dict[int, StoreError]:
+    """The chunks of ``chunks`` that cannot be read back from the shard store at ``shard_dir``
+    (missing, damaged, another store's), each with the reason; in index order."""
+    reader = ScoreStore.reader(shard_dir)
+    out = {}
+    for c in chunks.tolist():
+        try:
+            reader.read_chunk(c)
+        except StoreError as e:
+            out[int(c)] = e
+    return out
 
 
 def _list_shards(store_dir: Path) -> list[Path]:
@@ -276,17 +275,16 @@ def check_shards(
         want_owned = indices[indices % count == index]
         if not np.array_equal(np.sort(owned), np.sort(want_owned)):
             raise StoreError(f"{d}: holds chunks {owned.tolist()[:10]}..., not its share")
-        reader = ScoreStore.reader(d)
+        bad = _unreadable(d, owned)
+        if bad:
+            c, why = next(iter(bad.items()))
+            raise StoreError(
+                f"{d}: chunk {c} of the share of process {index} is missing or damaged "
+                f"({why}); rerun process {index} (it recomputes it), then merge"
+            )
         for c in owned.tolist():
             if c in holder:
                 raise StoreError(f"chunk {c}: held by both {holder[c]} and {d}")
-            try:
-                reader.read_chunk(c)
-            except StoreError as e:
-                raise StoreError(
-                    f"{d}: chunk {c} of the share of process {index} is missing or damaged "
-                    f"({e}); rerun process {index} (it recomputes it), then merge"
-                ) from None
             holder[c] = d
     assert chunking is not None
     lost = sorted(set(chunking.tolist()) - set(holder))
@@ -296,17 +294,14 @@ def check_shards(
 
 
 def copy_shard_chunks(
-    store_dir: str | Path,
-    checked: ShardSet,
-    meta: Mapping[str, Any],
-    *,
-    allow_environment_change: bool = False,
+    store_dir: str | Path, checked: ShardSet, *, allow_environment_change: bool = False
 ) -> int:
-    """Copies the chunks of checked shards into the store at ``store_dir`` (made with ``meta``,
-    the result's own), leaving any it already holds. Returns how many were copied."""
+    """Copies the chunks of checked shards into the store at ``store_dir`` (made with their
+    result's meta, ``checked.meta``), leaving any it already holds. Returns how many were copied."""
     n = 0
     readers: dict[Path, ScoreStore] = {}
-    with ScoreStore.open(store_dir, meta, allow_environment_change=allow_environment_change) as st:
+    allow_env = allow_environment_change
+    with ScoreStore.open(store_dir, checked.meta, allow_environment_change=allow_env) as st:
         for c, d in sorted(checked.holder.items()):
             if st.has(c):
                 continue
@@ -316,19 +311,9 @@ def copy_shard_chunks(
     return n
 
 
-@contextlib.contextmanager
-def merge_lock(store_dir: str | Path) -> Iterator[None]:
+def merge_lock(store_dir: str | Path):
     """Held while one process checks and merges the shards of ``store_dir`` (the others wait)."""
-    root = ensure_dir(shards_dir(store_dir))
-    if not _HAS_FCNTL:  # pragma: no cover
-        yield
-        return
-    fd = os.open(root / ".merge.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return held_lock(ensure_dir(shards_dir(store_dir)), ".merge.lock")
 
 
 def finished_shard_chunks(store_dir: str | Path, meta: Mapping[str, Any]) -> ShardSet | None:

@@ -45,6 +45,7 @@ digests in ``result.json`` and the id digests in ``meta.json``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -52,7 +53,7 @@ import logging
 import os
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -469,19 +470,22 @@ class _BadChunk(Exception):
     """A chunk file that cannot be used (treated as not done)."""
 
 
-def _lock(directory: Path) -> int | None:
+def _lock(directory: Path, name: str = ".lock", *, wait: bool = False) -> int | None:
+    """An exclusive flock on ``directory/name``: a store's (``.lock``, refused at once when
+    held) or any other lock file of it (``wait``: until the holder lets go)."""
     if not _HAS_FCNTL:  # pragma: no cover
         return None
+    path = directory / name
     try:
-        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise StoreError(
-            f"{directory}: cannot take the store's lock {directory / '.lock'} "
+            f"{directory}: cannot take the store's lock {path} "
             f"({e.strerror or type(e).__name__}); computing scores needs a writable directory "
             "(a finished result is read without it)"
         ) from e
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise StoreError(
@@ -489,6 +493,16 @@ def _lock(directory: Path) -> int | None:
             "at a time"
         ) from None
     return fd
+
+
+@contextlib.contextmanager
+def held_lock(directory: str | Path, name: str) -> Iterator[None]:
+    """``directory/name`` flocked for the block; a process that finds it held waits its turn."""
+    fd = _lock(Path(directory), name, wait=True)
+    try:
+        yield
+    finally:
+        _unlock(fd)
 
 
 def _unlock(fd: int | None) -> None:

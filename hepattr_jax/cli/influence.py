@@ -204,11 +204,13 @@ def _start_processes(args):
 
     n, i = getattr(args, "processes", None), getattr(args, "process_id", None)
     coordinator = getattr(args, "coordinator", None)
+    if coordinator is not None and (n is None or i is None):
+        raise ConfigError("--coordinator needs --processes and --process-id")
+    if (n is None) != (i is None):
+        raise ConfigError("--processes and --process-id go together")
+    if n is not None and i is not None and (n < 1 or not 0 <= i < n):
+        raise ConfigError(f"--process-id {i} is outside [0, --processes {n})")
     if coordinator is not None or getattr(args, "distributed", False):
-        if coordinator is not None and (n is None or i is None):
-            raise ConfigError("--coordinator needs --processes and --process-id")
-        if n is not None and (n < 1 or i is None or not 0 <= i < n):
-            raise ConfigError(f"--process-id {i} is outside [0, --processes {n})")
         try:
             jax.distributed.initialize(
                 coordinator_address=coordinator, num_processes=n, process_id=i
@@ -219,11 +221,6 @@ def _start_processes(args):
                 f"jax.distributed could not start from {where}: {type(e).__name__}: {e}"
             ) from None
         n, i = jax.process_count(), jax.process_index()
-    elif n is not None or i is not None:
-        if n is None or i is None:
-            raise ConfigError("--processes and --process-id go together")
-        if n < 1 or not 0 <= i < n:
-            raise ConfigError(f"--process-id {i} is outside [0, --processes {n})")
     shard = Shard(int(i), int(n)) if n is not None and i is not None and n > 1 else None
     mesh = event_mesh() if jax.local_device_count() > 1 else None
     return shard, mesh
@@ -434,7 +431,7 @@ def _cmd_merge(args) -> int:
             "without --processes (it takes every finished share and computes the rest)"
         )
     n = shards.copy_shard_chunks(
-        store, checked, meta, allow_environment_change=args.allow_environment_change
+        store, checked, allow_environment_change=args.allow_environment_change
     )
     print(f"{store}: {n} chunk(s) taken from {len(set(checked.holder.values()))} shards")
     run = load_run(
