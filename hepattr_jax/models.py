@@ -42,6 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hepattr_jax.capture import kernel_rows
 from hepattr_jax.errors import ConfigError
 from hepattr_jax.graph_ops import AnyArray, edge_concat, knn, ops_for
 
@@ -62,12 +63,11 @@ def _factorised_edge_layer(dense: nn.Dense, h: AnyArray, ops):
     and the edge value is a gather and an add. Exact. The receiver term is an ordinary
     ``nn.Dense`` call; the sender term uses the same layer's parameters directly (calling the
     layer on ``[0, h]`` instead would cost ``n H^2`` more multiply-adds by zero, measured 15-20 %
-    slower end to end on ref-edgeconv), so a method that intercepts ``nn.Dense`` calls sees the
-    receiver rows only and must add ``h_j^T delta`` to the kernel's lower block itself.
+    slower end to end on ref-edgeconv), through :func:`~hepattr_jax.capture.kernel_rows`, which
+    per-layer capture sees as a second site of the layer (rows ``H:2H``).
     """
     per_recv = dense(jnp.concatenate([h, -h], -1))
-    w_send = dense.variables["params"]["kernel"][h.shape[-1] :]
-    return ops.receivers_of(per_recv) + ops.senders_of(h @ w_send)
+    return ops.receivers_of(per_recv) + ops.senders_of(kernel_rows(dense, h, h.shape[-1]))
 
 
 class EdgeConvNet(nn.Module):
@@ -347,8 +347,8 @@ class _MLP(nn.Module):
                 # sender term through its kernel's upper block, as in _factorised_edge_layer.
                 h, ops = first
                 per_recv = dense(jnp.concatenate([jnp.zeros_like(h), h], -1))
-                w_send = dense.variables["params"]["kernel"][: h.shape[-1]]
-                x = ops.senders_of(h @ w_send) + ops.receivers_of(per_recv)
+                x = ops.senders_of(kernel_rows(dense, h, 0, h.shape[-1]))
+                x = x + ops.receivers_of(per_recv)
             else:
                 x = dense(x)
             x = nn.relu(x)

@@ -1,0 +1,371 @@
+"""Per-layer capture: each dense layer's per-event inputs and output gradients, for any flax model.
+
+A *site* is one application of a dense kernel inside one event's forward pass: every call of an
+``nn.Dense`` module (found with ``nn.intercept_methods``, so any user's module works unchanged)
+and every direct use of a Dense kernel routed through :func:`kernel_rows` (the built-in models'
+per-node factorisation multiplies a kernel block directly). At site ``s`` the event's rows
+``a_t`` (``[T_s, r_s]``: the input, leading axes flattened; ``r_s`` kernel rows ``rows_s``) meet
+the kernel, and ``delta_t = d loss / d y_t`` (``[T_s, p]``) is the gradient at its output. The
+event's gradient of the layer (kernel rows, then the bias as one more row) is exactly
+
+    G = sum_s  embed_{rows_s}(A_s^T D_s)  (+ bias row  sum_t delta_t  for a Dense call)
+
+because the event is one example of the per-event layouts of :mod:`hepattr_jax.per_example`
+(``vmap`` over events): every row of a site belongs to that event's graph, padding rows
+included, whose ``delta`` is zero. Peers that take the leading axis of a layer's input as the
+example (a node or an edge on a graph batch) get this wrong on graphs; here the sum over a
+graph's rows is the per-graph gradient by construction.
+
+One forward and backward pass per event yields ``(A_s, D_s)`` for every site (``D_s`` as the
+gradient of a zero *perturbation* added to the site's output, the mechanism of flax's
+``Module.perturb``), the value, and the ordinary gradient of every parameter that no site
+covers (LayerNorm scales, tokens, a user's non-Dense layers): the *rest*. The kernels and biases
+the sites cover are not differentiated directly, so the per-event ``[r, p]`` products are never
+formed unless a consumer asks for them. A covered kernel that is also used *outside* its sites
+would lose that part of its gradient: :func:`check_capture` compares against ``jax.grad`` on a
+real event and names the parameter (the Kronecker projection runs it once per scoring).
+
+Consumers (all per event, batched with ``vmap``):
+
+* :func:`grads_from_capture`: the full gradient tree (the reference the tests compare with);
+* :func:`sq_norm_from_capture`: ``||grad||^2`` layer by layer, each layer by the *ghost norm*
+  ``<A A^T, D D^T>`` (cost ``~T^2 (r + p)``) or the materialised product (``~T r p``), chosen at
+  trace time by :func:`layer_plan`;
+* the Kronecker-structured projection of :mod:`hepattr_jax.kronecker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hepattr_jax.errors import ConfigError
+
+Params = Any
+Path = tuple[str, ...]
+
+
+class Site(NamedTuple):
+    """One dense-kernel application (static; found by tracing one event).
+
+    ``kernel``/``bias``: paths of the parameters in the variables tree (``bias`` None when the
+    site adds none); ``rows``: the kernel rows ``[start, stop)`` it multiplies; ``n_rows``: the
+    event's rows ``T`` (leading axes of the input flattened); ``p``: output width; ``dtype``
+    of the output.
+    """
+
+    kernel: Path
+    bias: Path | None
+    rows: tuple[int, int]
+    n_rows: int
+    p: int
+    dtype: str
+
+
+class Layer(NamedTuple):
+    """A kernel (``[d_in, p]``) and its bias with every site that uses them; ``size`` is the
+    number of gradient entries ``(d_in + has_bias) * p``."""
+
+    kernel: Path
+    bias: Path | None
+    d_in: int
+    p: int
+    sites: tuple[int, ...]
+
+    @property
+    def m(self) -> int:
+        """Rows of the layer's gradient matrix: kernel rows plus one for the bias."""
+        return self.d_in + (self.bias is not None)
+
+    @property
+    def size(self) -> int:
+        return self.m * self.p
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureSpec:
+    """What one event's forward pass does with dense kernels (static, per bucket shape).
+
+    ``sites`` in call order; ``layers`` grouping them by kernel (first-use order); ``rest`` the
+    paths of the parameter leaves no site covers, in ``jax.tree_util`` order.
+    """
+
+    sites: tuple[Site, ...]
+    layers: tuple[Layer, ...]
+    rest: tuple[Path, ...]
+    rest_shapes: tuple[tuple[int, ...], ...]
+
+
+class Capture(NamedTuple):
+    """One event's capture (a chunk adds a leading axis ``C`` to every array).
+
+    Attributes:
+      value: ``[]`` the differentiated function's value (loss or margin).
+      inputs: per site ``A_s`` ``[T_s, r_s]``.
+      deltas: per site ``D_s`` ``[T_s, p]``.
+      rest: per uncovered leaf (``spec.rest`` order) its ordinary gradient.
+    """
+
+    value: jax.Array
+    inputs: tuple[jax.Array, ...]
+    deltas: tuple[jax.Array, ...]
+    rest: tuple[jax.Array, ...]
+
+
+# --------------------------------------------------------------------- the tracing hooks
+class _State:
+    """The capture in progress (tracing is single-threaded; nested captures are refused)."""
+
+    def __init__(self, perts: tuple | None, expected: tuple[Site, ...] | None):
+        self.perts = perts
+        self.expected = expected
+        self.sites: list[Site] = []
+        self.inputs: list[jax.Array] = []
+
+    def site(self, kernel: Path, bias: Path | None, rows: tuple[int, int], x, y):
+        x = jnp.asarray(x)
+        a = x.reshape(-1, x.shape[-1]).astype(y.dtype)
+        s = Site(kernel, bias, rows, a.shape[0], y.shape[-1], str(y.dtype))
+        i = len(self.sites)
+        if self.expected is not None and (i >= len(self.expected) or self.expected[i] != s):
+            want = self.expected[i] if i < len(self.expected) else "no more sites"
+            raise ConfigError(
+                f"capture: site {i} of the forward pass is {s}, its discovery pass saw {want}; "
+                "the model's dense calls must not depend on the values of its inputs"
+            )
+        self.sites.append(s)
+        self.inputs.append(a)
+        if self.perts is not None:
+            y = y + self.perts[i].reshape(y.shape)
+        return y
+
+
+_ACTIVE: list[_State] = []
+
+
+def _path(module: nn.Module) -> Path:
+    scope = module.scope
+    if scope is None:
+        raise ConfigError(f"capture: {type(module).__name__} is not bound to parameters")
+    return ("params", *scope.path)
+
+
+def _dense_interceptor(next_fun, args, kwargs, context):
+    mod = context.module
+    if not _ACTIVE or context.method_name != "__call__" or not isinstance(mod, nn.Dense):
+        return next_fun(*args, **kwargs)
+    x = args[0] if args else kwargs["inputs"]
+    y = next_fun(*args, **kwargs)
+    path = _path(mod)
+    bias = (*path, "bias") if mod.use_bias else None
+    return _ACTIVE[-1].site((*path, "kernel"), bias, (0, jnp.shape(x)[-1]), x, y)
+
+
+def kernel_rows(dense: nn.Dense, x, start: int, stop: int | None = None) -> jax.Array:
+    """``x @ kernel[start:stop]`` of a bound ``nn.Dense``: a direct use of its kernel (no bias)
+    that per-layer capture sees as one more site of the layer. Write a model's direct kernel
+    uses with this (the built-in models' factorised edge layers do)."""
+    kernel = dense.variables["params"]["kernel"]
+    stop = kernel.shape[0] if stop is None else stop
+    y = jnp.asarray(x) @ kernel[start:stop]
+    if not _ACTIVE:
+        return y
+    return _ACTIVE[-1].site((*_path(dense), "kernel"), None, (start, stop), x, y)
+
+
+@contextlib.contextmanager
+def _capturing(state: _State) -> Iterator[_State]:
+    if _ACTIVE:
+        raise ConfigError("capture: a capture is already being traced (nested captures)")
+    _ACTIVE.append(state)
+    try:
+        with nn.intercept_methods(_dense_interceptor):
+            yield state
+    finally:
+        _ACTIVE.pop()
+
+
+# --------------------------------------------------------------------- spec and capture
+def _leaves(params) -> tuple[list[Path], list[jax.Array], Any]:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp) for kp, _ in flat]
+    return paths, [v for _, v in flat], treedef
+
+
+def _abstract(tree):
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), tree)
+
+
+def discover(fn_one: Callable, params: Params, ex) -> CaptureSpec:
+    """The :class:`CaptureSpec` of ``fn_one(params, ex)`` for one event (abstract trace: no
+    computation; ``params`` and ``ex`` may be arrays, tracers or shape structs)."""
+    state = _State(None, None)
+    with _capturing(state):
+        jax.eval_shape(fn_one, _abstract(params), _abstract(ex))
+    paths, leaves, _ = _leaves(params)
+    shapes = {p: tuple(jnp.shape(v)) for p, v in zip(paths, leaves, strict=True)}
+    layers: dict[Path, list] = {}
+    for i, s in enumerate(state.sites):
+        if s.kernel not in shapes:
+            raise ConfigError(f"capture: site kernel {'/'.join(s.kernel)} is not a parameter")
+        d_in, p = shapes[s.kernel]
+        entry = layers.setdefault(s.kernel, [None, d_in, p, []])
+        if s.bias is not None:
+            if entry[0] not in (None, s.bias):
+                raise ConfigError(f"capture: kernel {'/'.join(s.kernel)} with two biases")
+            entry[0] = s.bias
+        entry[3].append(i)
+    covered = set(layers) | {e[0] for e in layers.values() if e[0] is not None}
+    rest = tuple(p for p in paths if p not in covered)
+    return CaptureSpec(
+        sites=tuple(state.sites),
+        layers=tuple(Layer(k, b, d, p, tuple(ix)) for k, (b, d, p, ix) in layers.items()),
+        rest=rest,
+        rest_shapes=tuple(shapes[p] for p in rest),
+    )
+
+
+def capture_one(fn_one: Callable, spec: CaptureSpec, params: Params, ex) -> Capture:
+    """One event's :class:`Capture` of ``fn_one(params, ex)`` (write for one event; batch with
+    ``jax.vmap`` over ``ex``). ``spec`` from :func:`discover` on the same shapes."""
+    paths, leaves, treedef = _leaves(params)
+    rest_set = set(spec.rest)
+    rest_idx = [i for i, p in enumerate(paths) if p in rest_set]
+    perts = tuple(jnp.zeros((s.n_rows, s.p), s.dtype) for s in spec.sites)
+
+    def f(rest_leaves, perts):
+        full = list(leaves)
+        for i, v in zip(rest_idx, rest_leaves, strict=True):
+            full[i] = v
+        state = _State(perts, spec.sites)
+        with _capturing(state):
+            value = fn_one(jax.tree_util.tree_unflatten(treedef, full), ex)
+        if len(state.sites) != len(spec.sites):
+            raise ConfigError(
+                f"capture: the forward pass made {len(state.sites)} dense calls, its discovery "
+                f"pass {len(spec.sites)}"
+            )
+        return value, tuple(state.inputs)
+
+    rest0 = [leaves[i] for i in rest_idx]
+    (value, inputs), (g_rest, deltas) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
+        rest0, perts
+    )
+    return Capture(value, inputs, tuple(deltas), tuple(g_rest))
+
+
+# --------------------------------------------------------------------- consumers
+def layer_grad(spec: CaptureSpec, layer: Layer, cap: Capture) -> jax.Array:
+    """The layer's ``[m, p]`` gradient (kernel rows, then the bias row), materialised."""
+    g = jnp.zeros((layer.m, layer.p), cap.deltas[layer.sites[0]].dtype)
+    for i in layer.sites:
+        s = spec.sites[i]
+        a, d = cap.inputs[i], cap.deltas[i]
+        g = g.at[s.rows[0] : s.rows[1]].add(a.T @ d)
+        if s.bias is not None:
+            g = g.at[layer.d_in].add(d.sum(0))
+    return g
+
+
+def grads_from_capture(spec: CaptureSpec, params: Params, cap: Capture) -> Params:
+    """The full gradient tree, shaped like ``params``, from one event's capture."""
+    paths, leaves, treedef = _leaves(params)
+    out = {p: jnp.zeros_like(v) for p, v in zip(paths, leaves, strict=True)}
+    for layer in spec.layers:
+        g = layer_grad(spec, layer, cap)
+        out[layer.kernel] = g[: layer.d_in].astype(out[layer.kernel].dtype)
+        if layer.bias is not None:
+            out[layer.bias] = g[layer.d_in].astype(out[layer.bias].dtype)
+    for p, g in zip(spec.rest, cap.rest, strict=True):
+        out[p] = g
+    return jax.tree_util.tree_unflatten(treedef, [out[p] for p in paths])
+
+
+class LayerChoice(NamedTuple):
+    """How :func:`sq_norm_from_capture` takes one layer's squared norm, and why."""
+
+    kernel: Path
+    rows: int  # T, summed over the layer's sites
+    m: int
+    p: int
+    ghost_cost: int  # multiply-adds of the Gram route, sum over site pairs T_s T_s' (r + p + 1)
+    dense_cost: int  # multiply-adds of forming the [m, p] product: sum_s T_s (r_s + 1) p
+    ghost: bool
+
+
+def layer_plan(spec: CaptureSpec, ghost: bool | None = None) -> tuple[LayerChoice, ...]:
+    """Per layer, ghost norm or materialised product: ``ghost=None`` picks the cheaper by the
+    multiply-add counts above (the trace-time choice); True / False force one route."""
+    out = []
+    for layer in spec.layers:
+        sites = [spec.sites[i] for i in layer.sites]
+        dense = sum(s.n_rows * (s.rows[1] - s.rows[0] + 1) * s.p for s in sites)
+        g = 0
+        for s in sites:
+            for t in sites:
+                overlap = max(0, min(s.rows[1], t.rows[1]) - max(s.rows[0], t.rows[0]))
+                g += s.n_rows * t.n_rows * (overlap + s.p + 1)
+        use = (g < dense) if ghost is None else ghost
+        rows = sum(s.n_rows for s in sites)
+        out.append(LayerChoice(layer.kernel, rows, layer.m, layer.p, g, dense, bool(use)))
+    return tuple(out)
+
+
+def _ghost_sq_norm(spec: CaptureSpec, layer: Layer, cap: Capture) -> jax.Array:
+    total = jnp.zeros((), cap.deltas[layer.sites[0]].dtype)
+    for i in layer.sites:
+        for j in layer.sites:
+            s, t = spec.sites[i], spec.sites[j]
+            lo, hi = max(s.rows[0], t.rows[0]), min(s.rows[1], t.rows[1])
+            gram_d = cap.deltas[i] @ cap.deltas[j].T  # [T_s, T_t]
+            gram_a = jnp.zeros_like(gram_d)
+            if hi > lo:
+                a_i = cap.inputs[i][:, lo - s.rows[0] : hi - s.rows[0]]
+                a_j = cap.inputs[j][:, lo - t.rows[0] : hi - t.rows[0]]
+                gram_a = a_i @ a_j.T
+            if s.bias is not None and t.bias is not None:
+                gram_a = gram_a + 1.0
+            total = total + jnp.vdot(gram_a, gram_d)
+    return total
+
+
+def sq_norm_from_capture(spec: CaptureSpec, cap: Capture, ghost: bool | None = None) -> jax.Array:
+    """``||grad||^2`` of one event: layer by layer (ghost norm or materialised product, as
+    :func:`layer_plan` chooses or ``ghost`` forces) plus the rest's ordinary gradient."""
+    total = jnp.asarray(sum(jnp.vdot(g, g) for g in cap.rest), cap.value.dtype)
+    for layer, choice in zip(spec.layers, layer_plan(spec, ghost), strict=True):
+        if choice.ghost:
+            total = total + _ghost_sq_norm(spec, layer, cap)
+        else:
+            g = layer_grad(spec, layer, cap)
+            total = total + jnp.vdot(g, g)
+    return total
+
+
+def check_capture(fn_one: Callable, params: Params, ex, rtol: float = 1e-3) -> CaptureSpec:
+    """Compares the capture's gradient with ``jax.grad(fn_one)`` on one event; a parameter whose
+    gradient differs (a covered kernel used outside its sites, so part of its gradient would be
+    lost) is a :class:`~hepattr_jax.errors.ConfigError` naming it. Returns the spec."""
+    spec = discover(fn_one, params, ex)
+    cap = capture_one(fn_one, spec, params, ex)
+    got = grads_from_capture(spec, params, cap)
+    want = jax.grad(fn_one)(params, ex)
+    paths, g_got, _ = _leaves(got)
+    _, g_want, _ = _leaves(want)
+    scale = float(jnp.sqrt(sum(jnp.vdot(g, g) for g in g_want))) + 1e-30
+    for p, a, b in zip(paths, g_got, g_want, strict=True):
+        err = float(jnp.sqrt(jnp.vdot(a - b, a - b)))
+        if err > rtol * scale:
+            raise ConfigError(
+                f"capture: the gradient of parameter {'/'.join(p)} is not reproduced by its "
+                f"dense-layer captures (error {err:.3g}, gradient norm {scale:.3g}): the model "
+                "uses that kernel outside an nn.Dense call; route the use through "
+                "hepattr_jax.capture.kernel_rows, or use a dense projection"
+            )
+    return spec
