@@ -6,6 +6,7 @@ TracIn / TRAK -> scores -> evaluation (removal, mislabels, LDS) and explanations
 """
 
 from hepattr_jax import explain
+from hepattr_jax.capture import kernel_rows
 from hepattr_jax.checkpoints import CheckpointStore
 from hepattr_jax.config import TrainConfig, load_config
 from hepattr_jax.data.events import EventSet, Normalizer, split_by_id
@@ -26,7 +27,7 @@ from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
 from hepattr_jax.metrics import auroc, binary_metrics, roc_curve
 from hepattr_jax.models import count_params, make_model
 from hepattr_jax.per_example import GraphLayout, NeighbourLayout, layout_for, plan_buckets
-from hepattr_jax.projection import Projector
+from hepattr_jax.projection import KroneckerProjector, Projector
 from hepattr_jax.runs import Run, load_run
 from hepattr_jax.scoring import scored_self_influence
 from hepattr_jax.sharding import event_mesh
@@ -59,6 +60,7 @@ __all__ = [
     "GraphLayout",
     "GraphSet",
     "HepattrError",
+    "KroneckerProjector",
     "NeighbourGraph",
     "NeighbourLayout",
     "Normalizer",
@@ -79,6 +81,7 @@ __all__ = [
     "featurize",
     "influence_from_features",
     "influence_matrix",
+    "kernel_rows",
     "layout_for",
     "linear_datamodeling_score",
     "load_config",

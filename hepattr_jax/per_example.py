@@ -351,6 +351,34 @@ def self_influence_kernel(layout) -> Callable:
 
 
 @functools.lru_cache(maxsize=32)
+def capture_self_influence_kernel(layout, ghost: bool | None = None) -> Callable:
+    """:func:`self_influence_kernel` from per-layer captures (:mod:`hepattr_jax.capture`):
+    each dense layer's ``||G_l||^2`` by the ghost norm ``<A A^T, D D^T>`` or the materialised
+    product, as :func:`~hepattr_jax.capture.layer_plan` chooses (``ghost`` None) or ``ghost``
+    forces; the other parameters by their ordinary gradient. Exact (same sums, other order)."""
+    from hepattr_jax.capture import capture_one, discover, sq_norm_from_capture
+
+    fn = layout.loss_one
+
+    @jax.jit
+    def f(params_k, lr_k, chunk):
+        ex0 = jax.tree_util.tree_map(lambda x: x[0], chunk)
+
+        def body(carry, pk):
+            params, lr = pk
+            spec = discover(fn, params, ex0)
+
+            def one(ex):
+                return sq_norm_from_capture(spec, capture_one(fn, spec, params, ex), ghost)
+
+            return carry, lr * jax.vmap(one)(chunk)
+
+        return jax.lax.scan(body, None, (params_k, lr_k))[1]
+
+    return f
+
+
+@functools.lru_cache(maxsize=32)
 def grad_kernel(layout) -> Callable:
     """Jitted ``f(params, chunk [C,...]) -> [C, P]`` flat per-event gradients at one checkpoint."""
     return jax.jit(jax.vmap(functools.partial(flat_grad_one, layout.loss_one), in_axes=(None, 0)))
@@ -398,6 +426,8 @@ def projected_grad_kernel(layout, projector, output: str = "loss") -> Callable:
     if output not in OUTPUTS:
         raise ConfigError(f"output {output!r}: use one of {OUTPUTS}")
     fn = layout.loss_one if output == "loss" else layout.margin_one
+    if getattr(projector, "structure", "dense") == "kronecker":
+        return _kronecker_kernel(fn, projector)
     per_event = jax.vmap(jax.value_and_grad(fn), in_axes=(None, 0))
 
     @jax.jit
@@ -409,3 +439,45 @@ def projected_grad_kernel(layout, projector, output: str = "loss") -> Callable:
         return jax.lax.map(one_checkpoint, params_k)
 
     return f
+
+
+def _kronecker_kernel(fn: Callable, projector) -> Callable:
+    """:func:`projected_grad_kernel` for a per-layer projector
+    (:class:`~hepattr_jax.projection.KroneckerProjector`): one capture pass per event
+    (:mod:`hepattr_jax.capture`), the layers' factors applied to the captured rows; no per-event
+    gradient is formed."""
+    from hepattr_jax.capture import capture_one, discover
+
+    @jax.jit
+    def f(params_k, chunk):
+        ex0 = jax.tree_util.tree_map(lambda x: x[0], chunk)
+
+        def one_checkpoint(params):
+            spec = discover(fn, params, ex0)
+            caps = jax.vmap(lambda e: capture_one(fn, spec, params, e))(chunk)
+            return projector.project(spec, caps), caps.value
+
+        return jax.lax.map(one_checkpoint, params_k)
+
+    return f
+
+
+_CHECKED: set = set()
+
+
+def check_layerwise(layout, params_k: Params, gs: GraphSet, output: str = "loss") -> None:
+    """Before a per-layer (capture-based) method runs: on the set's largest event at the first
+    checkpoint, the captured layers must rebuild ``jax.grad`` of the ``output`` function
+    (:func:`hepattr_jax.capture.check_capture`), else a clear error names the parameter whose
+    gradient they miss. Once per layout and output in a process."""
+    from hepattr_jax.capture import check_capture
+
+    if (layout, output) in _CHECKED or len(gs) == 0:
+        return
+    fn = layout.loss_one if output == "loss" else layout.margin_one
+    biggest = int(np.argmax(gs.events.n_node))
+    chunk = next(iter(layout.chunks(gs, 1, np.array([biggest]))))
+    ex = jax.tree_util.tree_map(lambda x: x[0], chunk.data)
+    params = jax.tree_util.tree_map(lambda x: x[0], params_k)
+    check_capture(fn, params, ex)
+    _CHECKED.add((layout, output))

@@ -30,9 +30,12 @@ from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from hepattr_jax.engine import stream
+from hepattr_jax.errors import ConfigError
 from hepattr_jax.graphs import Budget, GraphSet
 from hepattr_jax.losses import example_loss
 from hepattr_jax.per_example import (
+    capture_self_influence_kernel,
+    check_layerwise,
     flat_grad_one,
     projected_grad_kernel,
     self_influence_kernel,
@@ -175,15 +178,26 @@ def self_influence(
     on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     skip_chunk: Callable[[int], bool] | None = None,
     mesh=None,
+    method: str = "autodiff",
 ) -> np.ndarray:
     """Self-influence of the events of ``gs`` (in stored order): ``[N]``, or ``[K, N]``.
+
+    ``method``: ``"autodiff"`` (``||jax.grad||^2`` per event, the default) or ``"capture"``
+    (per dense layer from its captured inputs and output gradients, by ghost norms where they
+    are cheaper: :func:`hepattr_jax.per_example.capture_self_influence_kernel`); both exact.
 
     ``on_chunk(index, positions, values [K, c])`` and ``skip_chunk(index)`` let a score store
     persist chunks and skip those already on disk (see :mod:`hepattr_jax.store`); chunk indices
     are deterministic for a given ``gs``, layout and ``chunk_size``. With a ``mesh``
     (:func:`hepattr_jax.sharding.event_mesh`) each chunk's events are split over its devices.
     """
-    kernel = self_influence_kernel(layout)
+    if method == "autodiff":
+        kernel = self_influence_kernel(layout)
+    elif method == "capture":
+        check_layerwise(layout, ckpts.params, gs, "loss")
+        kernel = capture_self_influence_kernel(layout)
+    else:
+        raise ConfigError(f"self-influence method {method!r}: use 'autodiff' or 'capture'")
     out = np.zeros((len(ckpts), len(gs)))
     params, lrs = replicate((ckpts.params, ckpts.lr_array()), mesh)
     for _, pos, vals in stream(
@@ -484,6 +498,8 @@ def projected_features(
     resume chunks as in :func:`self_influence`; skipped chunks are left 0 in the result, which is
     then the caller's to fill from its store. ``mesh``: see :func:`self_influence`.
     """
+    if getattr(projector, "structure", "dense") == "kronecker":
+        check_layerwise(layout, ckpts.params, gs, output)
     kernel = projected_grad_kernel(layout, projector, output)
     dtype = jax.tree_util.tree_leaves(ckpts.params)[0].dtype
     d = projector.proj_dim

@@ -163,16 +163,27 @@ def _small_run(dtype):
 
 
 @pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
-def test_fused_projected_features_equal_dense_projection_of_exact_gradients():
+@pytest.mark.parametrize("structure", ["dense", "kronecker"])
+def test_fused_projected_features_equal_dense_projection_of_exact_gradients(structure):
+    """Both projections through the streaming driver (buckets, chunk tails, K checkpoints) equal
+    the exact per-event gradients times the projection's whole matrix."""
     from hepattr_jax import tracin
+    from hepattr_jax.capture import discover
     from hepattr_jax.per_example import grad_kernel, layout_for
+    from hepattr_jax.projection import KroneckerProjector, kronecker_projection_matrix
 
     with jax.enable_x64(True):
         gs, model, ckpts = _small_run(jnp.float64)
         layout = layout_for(model, gs)
-        proj = Projector(proj_dim=32, kind="gaussian", seed=5, block_rows=300)
+        if structure == "dense":
+            proj = Projector(proj_dim=32, kind="gaussian", seed=5, block_rows=300)
+            r = np.asarray(dense_projection_matrix(proj, ckpts.at(0)))
+        else:
+            proj = KroneckerProjector(proj_dim=32, kind="gaussian", seed=5)
+            ex = jax.tree_util.tree_map(lambda x: x[0], next(iter(layout.chunks(gs, 4))).data)
+            spec = discover(layout.loss_one, ckpts.at(0), ex)
+            r = kronecker_projection_matrix(proj, spec, ckpts.at(0))
         feats = tracin.projected_features(layout, ckpts, gs, proj, chunk_size=4, progress=False)
-        r = np.asarray(dense_projection_matrix(proj, ckpts.at(0)))
         for k in range(len(ckpts)):
             exact = np.zeros((len(gs), r.shape[0]))
             for chunk in layout.chunks(gs, 4):

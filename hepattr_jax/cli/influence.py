@@ -105,7 +105,11 @@ def add_parser(subparsers) -> None:
     t.add_argument("--proj-dim", type=int, default=512, help="projection dimension d (512)")
     t.add_argument("--proj-seed", type=int, default=0, help="projection key (0)")
     t.add_argument(
-        "--projection", choices=("rademacher", "gaussian"), default="rademacher", help="R entries"
+        "--projection",
+        choices=("rademacher", "gaussian", "kronecker"),
+        default="rademacher",
+        help="R: dense with +-1 or normal entries, or per-layer Kronecker factors (+-1) applied "
+        "to captured layer inputs and output gradients (faster; hepattr_jax.projection)",
     )
     t.add_argument(
         "--checkpoints",
@@ -373,7 +377,7 @@ def _cmd_topk(args) -> int:
 
 def _cmd_trak(args) -> int:
     from hepattr_jax.errors import ConfigError
-    from hepattr_jax.projection import Projector
+    from hepattr_jax.projection import KroneckerProjector, Projector
     from hepattr_jax.runs import load_run
     from hepattr_jax.scoring import scored_trak
     from hepattr_jax.shards import ShareComplete
@@ -387,7 +391,11 @@ def _cmd_trak(args) -> int:
     runs = [first] + [
         load_run(r, data=first.data, allow_missing_checkpoints=allow) for r in args.run_dir[1:]
     ]
-    proj = Projector(args.proj_dim, kind=args.projection, seed=args.proj_seed)
+    proj: KroneckerProjector | Projector
+    if args.projection == "kronecker":
+        proj = KroneckerProjector(args.proj_dim, seed=args.proj_seed)
+    else:
+        proj = Projector(args.proj_dim, kind=args.projection, seed=args.proj_seed)
     out = Path(args.out or args.run_dir[0] / "influence" / f"trak_{args.test_split}")
     try:
         arrays = scored_trak(

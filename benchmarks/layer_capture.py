@@ -1,0 +1,320 @@
+"""Per-layer capture (issue 13): Kronecker-projected TRAK features, capture-based self-influence
+and ghost norms, timed beside exact self-influence and the dense projection in one run, with
+the projections' quality against exact inner products.
+
+Command (from the repository root; about 25 minutes on the 2-core CPU)::
+
+    python -m benchmarks.layer_capture [--preset ref|quick] [--out DIR]
+
+Workloads of shared/spec/benchmark-workload.md (``ref``: ref-edgeconv and ref-jets with the
+ref-edgeconv model, K = 5 random checkpoints, eta_k = 1e-3, float32). For each, timed against
+each other in the same process (first call with compilation apart, then the median of the
+steady calls):
+
+* ``exact_self_influence``: ``||jax.grad||^2`` per event (the library's default);
+* ``capture_self_influence``: the same sums from per-layer captures, ghost norms where the
+  plan finds them cheaper (``method="capture"``);
+* ``trak_dense_d512`` / ``trak_kronecker_d512``: TRAK featurisation (margin gradients
+  projected to d = 512, plus the margins) with the dense Rademacher projection and with the
+  Kronecker-structured one.
+
+Quality (untimed, the same checkpoints): TracIn self-influence from d = 512 projected loss
+gradients against the exact one (median and 90th percentile of the relative error), and the
+overlap of the top-10 proponents of ``n_test_quality`` test events with the exact influence
+matrix's. Ghost norms: per dense layer, the squared norms of one chunk's captures by the Gram
+route and by the materialised product, each jitted alone (median of repeats), beside the
+plan's choice. Writes ``OUT/layer_capture_<device>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from benchmarks.tracin_throughput import (
+    WORKLOADS,
+    bench_matmul,
+    environment,
+    make_workload,
+    time_calls,
+)
+from hepattr_jax import tracin, trak
+from hepattr_jax.capture import (
+    _ghost_sq_norm,
+    capture_one,
+    discover,
+    layer_grad,
+    layer_plan,
+)
+from hepattr_jax.per_example import layout_for
+from hepattr_jax.projection import KroneckerProjector, Projector
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    workloads: tuple[str, ...]
+    model: str
+    n_checkpoints: int
+    proj_dim: int
+    chunk_size: int
+    repeats: dict  # workload -> steady calls
+    n_test_quality: int
+    top: int
+    matmul_size: int
+
+
+SETTINGS = {
+    "ref": Settings(
+        ("ref-edgeconv", "ref-jets"),
+        "edgeconv",
+        5,
+        512,
+        64,
+        {"ref-edgeconv": 3, "ref-jets": 1},
+        128,
+        10,
+        2048,
+    ),
+    "quick": Settings(("quick-edgeconv",), "edgeconv", 2, 16, 16, {"quick-edgeconv": 1}, 8, 3, 256),
+}
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, top: int) -> float:
+    """Mean over test events (columns) of |top-``top`` train rows of a ∩ of b| / top."""
+    ta = np.argsort(-a, axis=0, kind="stable")[:top]
+    tb = np.argsort(-b, axis=0, kind="stable")[:top]
+    return float(np.mean([len(set(ta[:, j]) & set(tb[:, j])) / top for j in range(a.shape[1])]))
+
+
+def _ghost_layers(w, layout, chunk_size: int, repeats: int = 5) -> list[dict]:
+    """Per layer: one chunk's squared norms by the Gram route and by the product, timed apart."""
+    chunk = next(iter(layout.chunks(w.train, chunk_size))).data
+    params = w.ckpts.at(0)
+    fn = layout.loss_one
+    ex0 = jax.tree_util.tree_map(lambda x: x[0], chunk)
+    spec = discover(fn, params, ex0)
+    caps = jax.jit(jax.vmap(lambda e: capture_one(fn, spec, params, e)))(chunk)
+    jax.block_until_ready(caps)
+    rows = []
+    for layer, choice in zip(spec.layers, layer_plan(spec), strict=True):
+        ghost = jax.jit(jax.vmap(lambda c, layer=layer: _ghost_sq_norm(spec, layer, c)))
+        prod = jax.jit(
+            jax.vmap(lambda c, layer=layer: (lambda g: (g * g).sum())(layer_grad(spec, layer, c)))
+        )
+        times = {}
+        for name, f in (("ghost", ghost), ("product", prod)):
+            f(caps).block_until_ready()
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                f(caps).block_until_ready()
+                ts.append(time.perf_counter() - t0)
+            times[name] = statistics.median(ts)
+        rows.append(
+            {
+                "layer": "/".join(layer.kernel[1:-1]),
+                "rows_T": choice.rows,
+                "m": choice.m,
+                "p": choice.p,
+                "ghost_macs": choice.ghost_cost,
+                "product_macs": choice.dense_cost,
+                "plan": "ghost" if choice.ghost else "product",
+                "ghost_s": times["ghost"],
+                "product_s": times["product"],
+                "chunk": chunk_size,
+                "bucket_shape": [int(x) for x in ex0.graph.nodes.shape[:1]],
+            }
+        )
+    return rows
+
+
+def run_workload(s: Settings, name: str) -> dict:
+    spec = WORKLOADS[name]
+    w = make_workload(spec, s.model, s.n_checkpoints, 1e-3)
+    layout = layout_for(w.model)
+    n, c, reps = len(w.train), s.chunk_size, s.repeats[name]
+    print(f"{name}: {n} events, {w.n_params} parameters, K = {len(w.ckpts)}", flush=True)
+    rows: dict = {}
+    kw = {"chunk_size": c, "progress": False}
+
+    def timed(key, fn):
+        t = time_calls(fn, reps)
+        t["events_per_s"] = n / t["median_s"]
+        rows[key] = t
+        print(f"  {key}: {t['events_per_s']:.0f} events/s (first call {t['first_call_s']:.1f} s)")
+
+    dense = Projector(s.proj_dim)
+    kron = KroneckerProjector(s.proj_dim)
+    timed("exact_self_influence", lambda: tracin.self_influence(layout, w.ckpts, w.train, **kw))
+    timed(
+        "capture_self_influence",
+        lambda: tracin.self_influence(layout, w.ckpts, w.train, method="capture", **kw),
+    )
+    timed(
+        f"trak_dense_d{s.proj_dim}",
+        lambda: trak.featurize(layout, w.ckpts, w.train, dense, **kw),
+    )
+    timed(
+        f"trak_kronecker_d{s.proj_dim}",
+        lambda: trak.featurize(layout, w.ckpts, w.train, kron, **kw),
+    )
+    # Quality against exact inner products (TracIn: loss gradients), untimed.
+    t0 = time.perf_counter()
+    exact_si = tracin.self_influence(layout, w.ckpts, w.train, **kw)
+    test = w.test.select(np.arange(s.n_test_quality))
+    exact_m = tracin.influence_matrix(layout, w.ckpts, w.train, test, **kw)
+    quality = {}
+    for label, proj in (("dense", dense), ("kronecker", kron)):
+        f_tr = tracin.projected_features(layout, w.ckpts, w.train, proj, **kw)
+        f_te = tracin.projected_features(layout, w.ckpts, test, proj, **kw)
+        si = tracin.self_influence_from_features(f_tr, w.ckpts.lrs)
+        rel = np.abs(si / exact_si - 1)
+        m = tracin.influence_from_features(f_tr, f_te, w.ckpts.lrs)
+        quality[label] = {
+            "self_influence_rel_err_median": float(np.median(rel)),
+            "self_influence_rel_err_p90": float(np.quantile(rel, 0.9)),
+            f"top{s.top}_proponent_overlap": _overlap(m, exact_m, s.top),
+            "matrix_pearson": float(np.corrcoef(m.ravel(), exact_m.ravel())[0, 1]),
+        }
+    quality["wall_s"] = time.perf_counter() - t0
+    print(f"  quality: {quality}", flush=True)
+    blocks = kron.blocks(discover(layout.margin_one, w.ckpts.at(0), _example(layout, w, c)))
+    return {
+        "workload": {
+            "name": name,
+            "n_train": n,
+            "n_test_quality": s.n_test_quality,
+            "n_node_range": list(spec.n_node_range),
+            "edges": spec.edges,
+            "model": s.model,
+            "n_params": w.n_params,
+            "n_checkpoints": len(w.ckpts),
+            "chunk_size": c,
+            "proj_dim": s.proj_dim,
+            "buckets": len(layout.plan(w.train).buckets),
+        },
+        "methods": rows,
+        "kronecker_over_exact_self_influence": rows[f"trak_kronecker_d{s.proj_dim}"]["events_per_s"]
+        / rows["exact_self_influence"]["events_per_s"],
+        "dense_over_exact_self_influence": rows[f"trak_dense_d{s.proj_dim}"]["events_per_s"]
+        / rows["exact_self_influence"]["events_per_s"],
+        "quality": quality,
+        "kronecker_blocks": [b._asdict() for b in blocks],
+        "ghost_layers": _ghost_layers(w, layout, c),
+    }
+
+
+def _example(layout, w, c):
+    return jax.tree_util.tree_map(lambda x: x[0], next(iter(layout.chunks(w.train, c))).data)
+
+
+def run(preset: str) -> dict:
+    s = SETTINGS[preset]
+    t_start = time.perf_counter()
+    res: dict = {
+        "benchmark": "layer_capture",
+        "preset": preset,
+        "settings": dataclasses.asdict(s),
+        "command": f"python -m benchmarks.layer_capture --preset {preset}",
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "environment": environment(),
+    }
+    res["workloads"] = [run_workload(s, name) for name in s.workloads]
+    res["matmul"] = bench_matmul(s.matmul_size, 3)
+    res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    res["wall_s"] = time.perf_counter() - t_start
+    return res
+
+
+def markdown(r: dict) -> str:
+    env = r["environment"]
+    lines = [
+        "# Per-layer capture: Kronecker-projected TRAK, capture self-influence, ghost norms",
+        "",
+        f"{r['date_utc']}; device {env['device_label']} ({env['device_kind']}); jax "
+        f"{env['jax']}; CPU {env['cpu_model']} ({env['cpu_count']} cores); load average "
+        f"before {r['loadavg_before']}, after {r['loadavg_after']}; matmul "
+        f"{r['matmul']['size']}^3 {r['matmul']['gflops_per_s']:.1f} GFLOP/s. "
+        f"Command: `{r['command']}` ({r['wall_s'] / 60:.1f} min).",
+    ]
+    for wr in r["workloads"]:
+        wl = wr["workload"]
+        lines += [
+            "",
+            f"## {wl['name']}: {wl['n_train']} train events, {wl['n_node_range']} nodes, "
+            f"{wl['edges']}, {wl['model']} ({wl['n_params']} parameters), K = "
+            f"{wl['n_checkpoints']}, chunk {wl['chunk_size']}, {wl['buckets']} bucket shapes, "
+            f"float32",
+            "",
+            "| method | events/s | vs exact SI | median s (min-max) | first call s (compile s) |",
+            "|---|---|---|---|---|",
+        ]
+        exact = wr["methods"]["exact_self_influence"]["events_per_s"]
+        for name, t in wr["methods"].items():
+            lines.append(
+                f"| {name} | {t['events_per_s']:.0f} | {t['events_per_s'] / exact:.2f}x | "
+                f"{t['median_s']:.2f} ({t['min_s']:.2f}-{t['max_s']:.2f}) | "
+                f"{t['first_call_s']:.1f} ({t['first_call_compile_s']:.1f}) |"
+            )
+        q = wr["quality"]
+        top = next(k for k in q["dense"] if k.startswith("top"))
+        lines += [
+            "",
+            f"Quality at d = {wl['proj_dim']} (TracIn loss gradients, exact as reference; "
+            f"top-k over {wl['n_test_quality']} test events):",
+            "",
+            "| projection | SI rel. error median | SI rel. error p90 | "
+            f"{top.replace('_', ' ')} | matrix Pearson r |",
+            "|---|---|---|---|---|",
+        ]
+        for label in ("dense", "kronecker"):
+            x = q[label]
+            lines.append(
+                f"| {label} | {x['self_influence_rel_err_median']:.3f} | "
+                f"{x['self_influence_rel_err_p90']:.3f} | {x[top]:.2f} | "
+                f"{x['matrix_pearson']:.3f} |"
+            )
+        lines += [
+            "",
+            "Ghost norms, one chunk's squared norms per layer (jitted alone, median of 5):",
+            "",
+            "| layer | rows T | m x p | plan | Gram MACs | product MACs | Gram ms | product ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for g in wr["ghost_layers"]:
+            lines.append(
+                f"| {g['layer']} | {g['rows_T']} | {g['m']} x {g['p']} | {g['plan']} | "
+                f"{g['ghost_macs']:.3g} | {g['product_macs']:.3g} | "
+                f"{g['ghost_s'] * 1e3:.2f} | {g['product_s'] * 1e3:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(SETTINGS), default="ref")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    res = run(args.preset)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "" if args.preset == "ref" else f"{args.preset}_"
+    stem = out / f"layer_capture_{tag}{res['environment']['device_label']}"
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
