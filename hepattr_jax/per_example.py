@@ -260,6 +260,30 @@ class NeighbourLayout:
         """The logit margin of the event's true class, ``(2y - 1) z`` (0 in filler slots)."""
         return jnp.where(ex.valid, (2.0 * ex.label - 1.0) * self.logit_one(params, ex), 0.0)
 
+    @staticmethod
+    def grown(ex: NeighbourExample) -> NeighbourExample:
+        """The shapes (``jax.ShapeDtypeStruct``) of one event ``ex`` with one more node slot:
+        what :func:`graph_level_layers` compares with to find the per-event layers."""
+        g = ex.graph
+        n = g.nodes.shape[0]
+
+        def more(x, axes) -> Any:
+            shape = tuple(d + 1 if i in axes else d for i, d in enumerate(x.shape))
+            return jax.ShapeDtypeStruct(shape, x.dtype)
+
+        def same(x) -> Any:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+        dense = g.neighbours is None
+        graph = NeighbourGraph(
+            more(g.nodes, {0}),
+            more(g.node_mask, {0}),
+            None if dense else more(g.neighbours, {0}),
+            more(g.edge_mask, {0, 1} if dense and g.edge_mask.shape[1] == n else {0}),
+            same(g.globals),
+        )
+        return NeighbourExample(graph, same(ex.label), same(ex.valid))
+
 
 @dataclasses.dataclass(frozen=True)
 class GraphLayout:
@@ -299,6 +323,15 @@ class GraphLayout:
         """The logit margin of the event's true class, ``(2y - 1) z`` (0 in empty slots)."""
         z = self.model.apply(params, ex.graphs)
         return jnp.where(ex.graph_mask, (2.0 * ex.labels - 1.0) * z, 0.0).sum()
+
+    @staticmethod
+    def grown(ex: Batch) -> Batch:
+        """The shapes of one padded event ``ex`` with one more node row (see
+        :meth:`NeighbourLayout.grown`)."""
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), ex)
+        nodes = ex.graphs.nodes
+        grown = jax.ShapeDtypeStruct((nodes.shape[0] + 1, *nodes.shape[1:]), nodes.dtype)
+        return abstract._replace(graphs=abstract.graphs._replace(nodes=grown))
 
 
 def supports_neighbour_graphs(model) -> bool:
@@ -427,7 +460,7 @@ def projected_grad_kernel(layout, projector, output: str = "loss") -> Callable:
         raise ConfigError(f"output {output!r}: use one of {OUTPUTS}")
     fn = layout.loss_one if output == "loss" else layout.margin_one
     if getattr(projector, "structure", "dense") == "kronecker":
-        return _kronecker_kernel(fn, projector)
+        return _kronecker_kernel(layout, fn, projector)
     per_event = jax.vmap(jax.value_and_grad(fn), in_axes=(None, 0))
 
     @jax.jit
@@ -441,7 +474,27 @@ def projected_grad_kernel(layout, projector, output: str = "loss") -> Callable:
     return f
 
 
-def _kronecker_kernel(fn: Callable, projector) -> Callable:
+def graph_level_layers(layout, fn: Callable, params: Params, ex) -> frozenset:
+    """Kernel paths of the dense layers whose rows per event do not grow with the event (one
+    row per graph: the readout after pooling), found by tracing ``fn`` on ``ex`` and on
+    ``layout.grown(ex)`` (abstractly). A property of the model, the same for every bucket, so a
+    projection that treats these layers apart gives every event the same matrix."""
+    from hepattr_jax.capture import discover
+
+    grow = getattr(layout, "grown", None)
+    if grow is None:
+        return frozenset()
+
+    def rows(spec):
+        return {
+            layer.kernel: sum(spec.sites[i].n_rows for i in layer.sites) for layer in spec.layers
+        }
+
+    a, b = rows(discover(fn, params, ex)), rows(discover(fn, params, grow(ex)))
+    return frozenset(k for k, r in a.items() if b.get(k) == r)
+
+
+def _kronecker_kernel(layout, fn: Callable, projector) -> Callable:
     """:func:`projected_grad_kernel` for a per-layer projector
     (:class:`~hepattr_jax.projection.KroneckerProjector`): one capture pass per event
     (:mod:`hepattr_jax.capture`), the layers' factors applied to the captured rows; no per-event
@@ -454,8 +507,39 @@ def _kronecker_kernel(fn: Callable, projector) -> Callable:
 
         def one_checkpoint(params):
             spec = discover(fn, params, ex0)
+            graph_level = graph_level_layers(layout, fn, params, ex0)
             caps = jax.vmap(lambda e: capture_one(fn, spec, params, e))(chunk)
-            return projector.project(spec, caps), caps.value
+            return projector.project(spec, caps, graph_level), caps.value
+
+        return jax.lax.map(one_checkpoint, params_k)
+
+    return f
+
+
+@functools.lru_cache(maxsize=32)
+def layer_energy_kernel(layout, output: str = "loss") -> Callable:
+    """Jitted ``f(params_k [K,...], chunk [C,...]) -> [K, B, C]``: each event's squared
+    gradient norm per block of a per-layer projection (the model's dense layers in capture
+    order, then the rest if any), what :meth:`~hepattr_jax.projection.KroneckerProjector.
+    calibrated` splits the dimensions by."""
+    from hepattr_jax.capture import capture_one, discover, layer_grad
+
+    fn = layout.loss_one if output == "loss" else layout.margin_one
+
+    @jax.jit
+    def f(params_k, chunk):
+        ex0 = jax.tree_util.tree_map(lambda x: x[0], chunk)
+
+        def one_checkpoint(params):
+            spec = discover(fn, params, ex0)
+            caps = jax.vmap(lambda e: capture_one(fn, spec, params, e))(chunk)
+            blocks = [
+                jax.vmap(lambda c, layer=layer: jnp.sum(layer_grad(spec, layer, c) ** 2))(caps)
+                for layer in spec.layers
+            ]
+            if spec.rest:
+                blocks.append(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, 1) for g in caps.rest))
+            return jnp.stack(blocks)
 
         return jax.lax.map(one_checkpoint, params_k)
 

@@ -131,7 +131,8 @@ class KBlock(NamedTuple):
     ``layer``: index into ``spec.layers`` (-1: the rest, the parameters no dense site covers,
     projected densely); ``size``: its gradient entries; ``dim``: its share of ``proj_dim``
     (``dim == size``: the block's gradient itself, exact); ``k_in, k_out``: the Kronecker
-    factors' widths (``k_in k_out >= dim``; the first ``dim`` entries of the product are kept).
+    factors' widths (``k_in k_out >= dim``; the first ``dim`` entries of the product are kept);
+    both 0 for a block projected densely (the rest, and graph-level layers).
     """
 
     layer: int
@@ -141,25 +142,32 @@ class KBlock(NamedTuple):
     k_out: int
 
     @property
+    def dense(self) -> bool:
+        return self.k_in == 0
+
+    @property
     def exact(self) -> bool:
         return self.dim == self.size
 
 
-def allocate(sizes: list[int], d: int) -> list[int]:
+def allocate(sizes: list[int], d: int, weights: list[float] | None = None) -> list[int]:
     """``d`` feature dimensions over blocks of ``sizes`` entries: at least one each, then in
-    proportion to size, none above its size (water-filling; largest remainders first)."""
+    proportion to ``weights`` (default: the sizes), none above its size (water-filling: a block
+    whose share would exceed its size keeps all its entries, exactly, and the rest is shared
+    again; largest remainders first)."""
     n = len(sizes)
     if d < n:
         raise ConfigError(f"kronecker projection: proj_dim {d} is below the {n} blocks it needs")
     if d >= sum(sizes):
         return list(sizes)
+    w = [float(x) for x in (sizes if weights is None else weights)]
     dims = [1] * n
-    free = set(range(n))
+    free = {i for i in range(n) if sizes[i] > 1}
     left = d - n
     while left > 0 and free:
         room = {i: sizes[i] - dims[i] for i in free}
-        total = sum(room.values())
-        share = {i: left * room[i] / total for i in free}
+        total = sum(w[i] for i in free)
+        share = {i: left * w[i] / total for i in free}
         full = [i for i in free if share[i] >= room[i]]
         if full:
             for i in full:
@@ -212,6 +220,7 @@ class KroneckerProjector:
     proj_dim: int
     kind: str = "rademacher"
     seed: int = 0
+    weights: tuple[float, ...] | None = None
 
     structure = "kronecker"  # read by the kernels: project per-layer captures
 
@@ -220,36 +229,71 @@ class KroneckerProjector:
             raise ValueError(f"projection kind {self.kind!r}: use one of {KINDS}")
         if self.proj_dim < 1:
             raise ValueError(f"proj_dim must be >= 1: {self}")
+        if self.weights is not None and not all(w > 0 for w in self.weights):
+            raise ValueError(f"calibration weights must be > 0: {self.weights}")
 
     def to_meta(self) -> dict[str, Any]:
-        return {"structure": self.structure, **dataclasses.asdict(self)}
+        meta = {"structure": self.structure, **dataclasses.asdict(self)}
+        meta["weights"] = None if self.weights is None else list(self.weights)
+        return meta
 
-    def blocks(self, spec: CaptureSpec) -> list[KBlock]:
-        """The static plan: one block per dense layer, then the rest (if any)."""
+    def calibrated(self, energy: list[float], floor: float = 1e-3) -> KroneckerProjector:
+        """This projector with its dimensions split by ``energy`` (each block's mean squared
+        gradient norm, :func:`hepattr_jax.tracin.layer_energy`): ``dim_l ∝ E||g_l||^2``, which
+        minimises the variance of a projected squared norm summed over independent blocks
+        (``sum_l E||g_l||^4 / dim_l`` at a fixed total, for blocks of similar shape). Shares
+        are rounded to 4 significant digits (so the weights recorded in a store's metadata
+        are stable) and floored at ``floor``."""
+        total = float(sum(energy))
+        if not total > 0:
+            return self
+        w = tuple(float(f"{max(e / total, floor):.4g}") for e in energy)
+        return dataclasses.replace(self, weights=w)
+
+    def blocks(self, spec: CaptureSpec, graph_level: frozenset = frozenset()) -> list[KBlock]:
+        """The static plan: one block per dense layer, then the rest (if any). Layers whose
+        kernel path is in ``graph_level`` (one row per event whatever its size: the readout
+        after pooling, see :func:`graph_level_layers`) are projected densely: their per-event
+        gradient is rank one, the case where a Kronecker factorisation loses most (relative
+        error ``~sqrt(2/k_in + 2/k_out)`` against ``sqrt(2/dim)``), and materialising it costs
+        only ``m p`` per event."""
         sizes = [layer.size for layer in spec.layers]
         rest = int(sum(math.prod(s) for s in spec.rest_shapes))
         if rest:
             sizes.append(rest)
         if not sizes:
             raise ConfigError("kronecker projection: the model has no parameters")
-        dims = allocate(sizes, min(self.proj_dim, sum(sizes)))
+        weights = [1.0] * len(sizes)
+        if self.weights is not None:
+            if len(self.weights) != len(sizes):
+                raise ConfigError(
+                    f"kronecker projection: {len(self.weights)} calibration weights for a model "
+                    f"with {len(sizes)} blocks (calibrated on another model?)"
+                )
+            weights = list(self.weights)
+        dims = allocate(sizes, min(self.proj_dim, sum(sizes)), weights)
         out = []
         for i, (size, dim) in enumerate(zip(sizes, dims, strict=True)):
             if i < len(spec.layers):
                 layer = spec.layers[i]
+                if layer.kernel in graph_level:
+                    out.append(KBlock(i, size, dim, 0, 0))
+                    continue
                 k_in, k_out = _factors(dim, layer.m, layer.p)
                 out.append(KBlock(i, size, dim, k_in, k_out))
             else:
                 out.append(KBlock(-1, size, dim, 0, 0))
         return out
 
-    def project(self, spec: CaptureSpec, caps: Capture) -> jax.Array:
+    def project(
+        self, spec: CaptureSpec, caps: Capture, graph_level: frozenset = frozenset()
+    ) -> jax.Array:
         """``[C, proj_dim]`` features of a chunk's captures (leading axis ``C``)."""
         key = jax.random.key(self.seed)
         dtype = caps.value.dtype
         n = caps.value.shape[0]
         parts = []
-        for b in self.blocks(spec):
+        for b in self.blocks(spec, graph_level):
             if b.layer < 0:
                 flat = jnp.concatenate([g.reshape(n, -1) for g in caps.rest], axis=1)
                 if b.exact:
@@ -261,11 +305,15 @@ class KroneckerProjector:
                     parts.append(flat @ r * jnp.asarray(1.0 / math.sqrt(b.dim), dtype))
                 continue
             layer = spec.layers[b.layer]
-            if b.exact:
-                g = jax.vmap(lambda c, layer=layer: layer_grad(spec, layer, c))(caps)
-                parts.append(g.reshape(n, -1))
-                continue
             lkey = jax.random.fold_in(key, b.layer)
+            if b.exact or b.dense:
+                g = jax.vmap(lambda c, layer=layer: layer_grad(spec, layer, c))(caps)
+                g = g.reshape(n, -1)
+                if b.dense and not b.exact:
+                    r = draw(jax.random.fold_in(lkey, 2), (b.size, b.dim), self.kind, dtype)
+                    g = g @ r * jnp.asarray(1.0 / math.sqrt(b.dim), dtype)
+                parts.append(g)
+                continue
             p_in = draw(jax.random.fold_in(lkey, 0), (layer.m, b.k_in), self.kind, dtype)
             p_out = draw(jax.random.fold_in(lkey, 1), (layer.p, b.k_out), self.kind, dtype)
             f = jnp.zeros((n, b.k_in, b.k_out), dtype)
@@ -286,7 +334,9 @@ class KroneckerProjector:
 _draw_jit = jax.jit(draw, static_argnums=(1, 2, 3))
 
 
-def kronecker_projection_matrix(projector: KroneckerProjector, spec: CaptureSpec, params):
+def kronecker_projection_matrix(
+    projector: KroneckerProjector, spec: CaptureSpec, params, graph_level: frozenset = frozenset()
+):
     """The whole ``[P, d]`` matrix of ``projector`` for ``spec``'s model (NumPy), rows in
     ``ravel_pytree(params)`` order, so ``features = flat_grad @ R``. Tests only."""
     from hepattr_jax.capture import _leaves
@@ -302,7 +352,7 @@ def kronecker_projection_matrix(projector: KroneckerProjector, spec: CaptureSpec
 
     r = np.zeros((total, projector.proj_dim), dtype)
     col = 0
-    for b in projector.blocks(spec):
+    for b in projector.blocks(spec, graph_level):
         if b.layer < 0:
             rows = np.concatenate(
                 [
@@ -314,10 +364,12 @@ def kronecker_projection_matrix(projector: KroneckerProjector, spec: CaptureSpec
             block = np.eye(b.size) if b.exact else factor(k, (b.size, b.dim)) / math.sqrt(b.dim)
         else:
             layer = spec.layers[b.layer]
+            lkey = jax.random.fold_in(key, b.layer)
             if b.exact:
                 full = np.eye(b.size)  # entry (a, o) of G
+            elif b.dense:
+                full = factor(jax.random.fold_in(lkey, 2), (b.size, b.dim)) / math.sqrt(b.dim)
             else:
-                lkey = jax.random.fold_in(key, b.layer)
                 p_in = factor(jax.random.fold_in(lkey, 0), (layer.m, b.k_in))
                 p_out = factor(jax.random.fold_in(lkey, 1), (layer.p, b.k_out))
                 full = np.kron(p_in, p_out)[:, : b.dim] / math.sqrt(b.dim)  # [(a, o), (i, j)]

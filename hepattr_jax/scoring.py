@@ -560,12 +560,26 @@ def scored_trak(
                 )
             jobs.append((run, split, store_dir / "features" / f"run{i}_{split}"))
 
+    calibrated: dict[int, object] = {}
+
     def features(job):
         run, split, where = job
+        # A per-layer projection is calibrated once per member, on its training events, and
+        # the same projector featurises its test events.
+        i = next(j for j, r in enumerate(runs) if r is run)
+        if i not in calibrated:
+            from hepattr_jax.per_example import layout_for
+            from hepattr_jax.tracin import calibrate_projector
+
+            ck = _select_checkpoints(run.checkpoints, checkpoints)
+            train = split_of(run, "train")
+            calibrated[i] = calibrate_projector(
+                layout_for(run.model, train), ck, train, projector, output="margin"
+            )
         return scored_trak_features(
             run,
             where,
-            projector,
+            calibrated[i],
             split=split,
             checkpoints=checkpoints,
             chunk_size=chunk_size,

@@ -37,6 +37,7 @@ from hepattr_jax.per_example import (
     capture_self_influence_kernel,
     check_layerwise,
     flat_grad_one,
+    layer_energy_kernel,
     projected_grad_kernel,
     self_influence_kernel,
     stack_params,
@@ -525,6 +526,47 @@ def projected_features(
         out[:, pos] = both[:, :d].transpose(0, 2, 1)
         values[:, pos] = both[:, d]
     return (out, values) if with_values else out
+
+
+def layer_energy(
+    layout,
+    ckpts: Checkpoints,
+    gs: GraphSet,
+    *,
+    output: str = "loss",
+    n_events: int = 256,
+    chunk_size: int = 64,
+) -> np.ndarray:
+    """``[B]`` mean squared gradient norm of each block of a per-layer projection (dense layers,
+    then the rest), over the first ``n_events`` events of ``gs`` and all checkpoints."""
+    kernel = layer_energy_kernel(layout, output)
+    pos = np.arange(min(n_events, len(gs)))
+    total = None
+    for _, _, vals in stream(
+        layout,
+        gs,
+        lambda data: kernel(ckpts.params, data),
+        chunk_size=chunk_size,
+        positions=pos,
+        progress=False,
+    ):
+        part = vals.astype(np.float64).sum(axis=(0, 2))
+        total = part if total is None else total + part
+    if total is None:
+        raise ConfigError("layer energy: no events")
+    return total / (len(pos) * len(ckpts))
+
+
+def calibrate_projector(layout, ckpts: Checkpoints, gs: GraphSet, projector, **kwargs):
+    """``projector``, or for an uncalibrated per-layer one (:class:`~hepattr_jax.projection.
+    KroneckerProjector` without ``weights``) the same with its dimensions split by
+    :func:`layer_energy` on ``gs`` (``kwargs``: ``output``, ``n_events``, ``chunk_size``).
+    Calibrate once and use the result for every set whose features are compared (train and
+    test): it is deterministic, and recorded in the projector's ``to_meta``."""
+    if getattr(projector, "structure", "dense") != "kronecker" or projector.weights is not None:
+        return projector
+    check_layerwise(layout, ckpts.params, gs, kwargs.get("output", "loss"))
+    return projector.calibrated(list(layer_energy(layout, ckpts, gs, **kwargs)))
 
 
 def self_influence_from_features(features: np.ndarray, lrs) -> np.ndarray:

@@ -119,6 +119,33 @@ def test_projection_benchmark_quick_preset_writes_results(tmp_path):
     assert _positive(on_disk["projected_matrix"]["pairs_per_s"])
 
 
+@pytest.mark.slow  # end-to-end: make test runs it, make test-fast not
+def test_layer_capture_benchmark_quick_preset_writes_results(tmp_path):
+    from benchmarks.layer_capture import main as capture_main
+
+    res = capture_main(["--preset", "quick", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("layer_capture_quick_*.json")
+    on_disk = json.loads(json_path.read_text())
+    assert json_path.with_suffix(".md").read_text().startswith("# Per-layer capture")
+    assert res["files"]["json"] == str(json_path)
+    (w,) = on_disk["workloads"]
+    assert set(w["methods"]) == {
+        "exact_self_influence",
+        "capture_self_influence",
+        "trak_dense_d16",
+        "trak_kronecker_d16",
+    }
+    for r in w["methods"].values():
+        assert _positive(r["events_per_s"]) and r["steady_calls_compile_s"] == 0.0
+    for proj in ("dense", "kronecker"):
+        q = w["quality"][proj]
+        assert 0 <= q["top3_proponent_overlap"] <= 1 and q["self_influence_rel_err_median"] >= 0
+    assert sum(b["dim"] for b in w["kronecker_blocks"]) == 16
+    assert len(w["ghost_layers"]) == 2
+    for g in w["ghost_layers"]:
+        assert _positive(g["ghost_s"]) and _positive(g["product_s"])
+
+
 def test_every_builtin_model_runs_on_ref_jets():
     """ref-jets runs all six built-in models, ref-edgeconv the three general GNNs."""
     assert set(PRESETS["ref"].workloads) == {"ref-edgeconv", "ref-jets"}

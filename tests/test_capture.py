@@ -26,7 +26,7 @@ from hepattr_jax.data.synthetic import random_events
 from hepattr_jax.errors import ConfigError
 from hepattr_jax.graphs import build_graphs
 from hepattr_jax.models import make_model
-from hepattr_jax.per_example import GraphLayout, NeighbourLayout
+from hepattr_jax.per_example import GraphLayout, NeighbourLayout, graph_level_layers
 from hepattr_jax.projection import KroneckerProjector, allocate, kronecker_projection_matrix
 
 # Tiny settings; knn k = 3 so that events with fewer than k + 1 nodes occur.
@@ -186,6 +186,7 @@ def test_allocate_splits_the_dimension_by_size():
     assert sum(dims) == 512 and dims[3] == 1 and all(d >= 1 for d in dims)
     assert allocate([3, 4], 100) == [3, 4]  # more dimensions than entries: every block exact
     assert allocate([3, 400], 40)[0] == 1
+    assert allocate([100, 100, 5], 50, weights=[1.0, 3.0, 100.0]) == [12, 33, 5]  # 5: exact
     with pytest.raises(ConfigError, match="proj_dim 2 is below the 3 blocks"):
         allocate([5, 5, 5], 2)
 
@@ -213,8 +214,14 @@ def test_kronecker_features_equal_the_dense_matrix_form_float64(name, proj_dim):
         params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
         fn = layout.margin_one
         spec = discover(fn, params, ex0)
+        graph_level = graph_level_layers(layout, fn, params, ex0)
+        # The readout after pooling is one row per event: projected densely.
+        readout = {"edgeconv": {"readout_0", "readout_1"}, "part": {"head_0", "head_1"}}
+        assert {k[1] for k in graph_level} >= readout.get(name, set())
         proj = KroneckerProjector(proj_dim, seed=3)
-        blocks = proj.blocks(spec)
+        if name == "edgeconv":  # calibrated: dimensions by (here made-up) layer energies
+            proj = proj.calibrated([float(i + 1) for i in range(len(spec.layers))])
+        blocks = proj.blocks(spec, graph_level)
         assert sum(b.dim for b in blocks) == min(proj_dim, sum(b.size for b in blocks))
         if name != "gcn":
             assert any(not b.exact for b in blocks)
@@ -224,10 +231,10 @@ def test_kronecker_features_equal_the_dense_matrix_form_float64(name, proj_dim):
         @jax.jit
         def features(params, data):
             caps = jax.vmap(lambda e: capture_one(fn, spec, params, e))(data)
-            return proj.project(spec, caps)
+            return proj.project(spec, caps, graph_level)
 
         got = np.asarray(features(params, data))
-        r = kronecker_projection_matrix(proj, spec, params)
+        r = kronecker_projection_matrix(proj, spec, params, graph_level)
         flat = jax.vmap(lambda e: ravel_pytree(jax.grad(fn)(params, e))[0])(data)
         want = np.asarray(flat @ r)
     assert got.shape == (len(SIZES), proj_dim)
@@ -256,3 +263,32 @@ def test_kronecker_inner_products_are_unbiased():
     est = np.asarray(est)
     se = est.std(ddof=1) / np.sqrt(len(est))
     assert abs(est.mean() - exact) < 4 * se, (est.mean(), exact, se)
+
+
+def test_layer_energy_is_the_mean_squared_gradient_norm_per_layer():
+    from hepattr_jax import tracin
+
+    kwargs, graph = MODELS["gcn"]
+    with jax.enable_x64(True):
+        ev = random_events(len(SIZES), n_nodes=SIZES, seed=9, n_globals=2)
+        gs = build_graphs(ev, graph)
+        model = make_model("gcn", use_globals=True, **kwargs)
+        layout = NeighbourLayout(model, max_buckets=1)
+        data = _first_chunk(layout, gs)
+        ex0 = jax.tree_util.tree_map(lambda x: x[0], data.graph)
+        params = [model.init(jax.random.key(k), ex0) for k in range(2)]
+        params = [jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), p) for p in params]
+        ckpts = tracin.Checkpoints.from_list(params, [1.0, 1.0])
+        got = tracin.layer_energy(layout, ckpts, gs, n_events=4, chunk_size=3)
+        want = np.zeros_like(got)
+        for p in params:
+            for i in range(4):
+                ex = jax.tree_util.tree_map(lambda x, i=i: x[i], data)
+                g = jax.grad(layout.loss_one)(p, ex)["params"]
+                names = [f"gcn{j}" for j in range(2)] + ["readout_0", "readout_1"]
+                for b, name in enumerate(names):
+                    want[b] += sum(float(jnp.sum(x**2)) for x in jax.tree_util.tree_leaves(g[name]))
+        np.testing.assert_allclose(got, want / 8, rtol=1e-9)
+        proj = tracin.calibrate_projector(layout, ckpts, gs, KroneckerProjector(16))
+        assert proj.weights is not None and len(proj.weights) == 4
+        assert proj.to_meta()["weights"] == list(proj.weights)

@@ -169,7 +169,7 @@ def test_fused_projected_features_equal_dense_projection_of_exact_gradients(stru
     the exact per-event gradients times the projection's whole matrix."""
     from hepattr_jax import tracin
     from hepattr_jax.capture import discover
-    from hepattr_jax.per_example import grad_kernel, layout_for
+    from hepattr_jax.per_example import grad_kernel, graph_level_layers, layout_for
     from hepattr_jax.projection import KroneckerProjector, kronecker_projection_matrix
 
     with jax.enable_x64(True):
@@ -179,10 +179,16 @@ def test_fused_projected_features_equal_dense_projection_of_exact_gradients(stru
             proj = Projector(proj_dim=32, kind="gaussian", seed=5, block_rows=300)
             r = np.asarray(dense_projection_matrix(proj, ckpts.at(0)))
         else:
-            proj = KroneckerProjector(proj_dim=32, kind="gaussian", seed=5)
+            # Calibrated on these events (the dimensions split by layer energy), as scoring does.
+            proj = tracin.calibrate_projector(
+                layout, ckpts, gs, KroneckerProjector(proj_dim=32, kind="gaussian", seed=5)
+            )
+            assert proj.weights is not None
             ex = jax.tree_util.tree_map(lambda x: x[0], next(iter(layout.chunks(gs, 4))).data)
             spec = discover(layout.loss_one, ckpts.at(0), ex)
-            r = kronecker_projection_matrix(proj, spec, ckpts.at(0))
+            graph_level = graph_level_layers(layout, layout.loss_one, ckpts.at(0), ex)
+            assert {k[1] for k in graph_level} == {"readout_0", "readout_1"}
+            r = kronecker_projection_matrix(proj, spec, ckpts.at(0), graph_level)
         feats = tracin.projected_features(layout, ckpts, gs, proj, chunk_size=4, progress=False)
         for k in range(len(ckpts)):
             exact = np.zeros((len(gs), r.shape[0]))

@@ -16,7 +16,10 @@ Set-up (all fixed by the constants below, stated again in the report):
   :mod:`hepattr_jax.datamodels`), their margins on the test jets;
 * methods, scores ``[N_TRAIN, N_TEST]``: exact TracIn over all checkpoints of seed 0; projected
   TracIn for ``DIMS``; TRAK at ``TRAK_DIM`` with one model (seed 0, last checkpoint), with all
-  checkpoints of seed 0, and ensembled over the last checkpoints of all seeds; a random baseline.
+  checkpoints of seed 0, and ensembled over the last checkpoints of all seeds; projected TracIn
+  and TRAK (one model, checkpoints) again with the Kronecker-structured projection at
+  ``TRAK_DIM`` (``_kron``: per dense layer, from captured layer inputs and output gradients,
+  issue 13); a random baseline.
 * mislabel detection: TRAK self-influence on the three noisy-label runs of the GNN-IRST study
   (``experiments/gnn_irst/results/full/runs``), beside the study's TracIn and loss figures.
 
@@ -41,7 +44,7 @@ from hepattr_jax.datamodels import subset_masks, train_subset_models
 from hepattr_jax.environment import provenance
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz, atomic_write_text
 from hepattr_jax.per_example import layout_for
-from hepattr_jax.projection import Projector
+from hepattr_jax.projection import KroneckerProjector, Projector
 from hepattr_jax.runs import load_run
 from hepattr_jax.tracin import (
     influence_from_features,
@@ -149,28 +152,25 @@ def run_study(out: Path) -> Path:
             }
 
         r = method(f"tracin_proj_d{d}", tracin_proj)
-        rel = np.abs(r["si"] / exact["si"] - 1)
-        a, b = r["scores"].ravel(), exact["scores"].ravel()
-        proj_rows.append(
-            {
-                "d": d,
-                "si_rel_err_median": float(np.median(rel)),
-                "si_rel_err_p95": float(np.quantile(rel, 0.95)),
-                "jl_scale_sqrt_2_over_d": float(np.sqrt(2 / d)),
-                "matrix_pearson": float(np.corrcoef(a, b)[0, 1]),
-                "matrix_rel_frobenius_err": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
-                "top10_overlap": _top_overlap(r["scores"], exact["scores"], 10),
-                "seconds": timing[f"tracin_proj_d{d}"],
-            }
+        proj_rows.append(_projection_row(str(d), d, r, exact, timing[f"tracin_proj_d{d}"]))
+
+    # The Kronecker-structured projection (per dense layer, from captured layer inputs and
+    # output gradients) at the TRAK dimension, beside the dense one of the same d.
+    kron = KroneckerProjector(TRAK_DIM, seed=PROJ_SEED)
+    r = method(f"tracin_kron_d{TRAK_DIM}", lambda: tracin_proj(kron))
+    proj_rows.append(
+        _projection_row(
+            f"kronecker {TRAK_DIM}", TRAK_DIM, r, exact, timing[f"tracin_kron_d{TRAK_DIM}"]
         )
+    )
 
-    proj = Projector(TRAK_DIM, seed=PROJ_SEED)
+    projectors = {"dense": Projector(TRAK_DIM, seed=PROJ_SEED), "kronecker": kron}
 
-    def trak_feats(seed, last_only):
+    def trak_feats(seed, last_only, structure="dense"):
         """TRAK features of seed ``seed`` at all its checkpoints, or at the last only (for seed
         0, sliced from the all-checkpoint features rather than computed twice)."""
         if last_only and seed == 0:
-            full = trak_feats(0, False)
+            full = trak_feats(0, False, structure)
             return {
                 "ftr": full["ftr"][-1:],
                 "mtr": full["mtr"][-1:],
@@ -182,17 +182,19 @@ def run_study(out: Path) -> Path:
             ck_s = ck_s.select([len(ck_s) - 1])
         lay = layout_for(runs[seed].model, train_gs)
 
+        proj = projectors[structure]
+
         def f():
             ftr, mtr = trak.featurize(lay, ck_s, train_gs, proj, chunk_size=CHUNK)
             fte, _ = trak.featurize(lay, ck_s, test_gs, proj, chunk_size=CHUNK)
             return {"ftr": ftr, "mtr": mtr, "fte": fte}
 
-        tag = "last" if last_only else "all"
+        tag = ("last" if last_only else "all") + ("" if structure == "dense" else "_kron")
         return _cached(cache / f"trak_features_seed{seed}_{tag}.npz", f)
 
-    def trak_method(name, members):
+    def trak_method(name, members, structure="dense"):
         def f():
-            parts = [trak_feats(s, last) for s, last in members]
+            parts = [trak_feats(s, last, structure) for s, last in members]
             ftr = np.concatenate([p["ftr"] for p in parts])
             mtr = np.concatenate([p["mtr"] for p in parts])
             fte = np.concatenate([p["fte"] for p in parts])
@@ -212,6 +214,8 @@ def run_study(out: Path) -> Path:
     trak_method("trak_1model", [(0, True)])
     trak_method("trak_8ckpts", [(0, False)])
     trak_method("trak_5models", [(s, True) for s in RUN_SEEDS])
+    trak_method("trak_1model_kron", [(0, True)], "kronecker")
+    trak_method("trak_8ckpts_kron", [(0, False)], "kronecker")
     scores["random"] = np.random.default_rng(7).normal(size=(N_TRAIN, N_TEST))
 
     lds = {}
@@ -226,6 +230,14 @@ def run_study(out: Path) -> Path:
         print(f"LDS {name:16s} {mean:+.4f} +- {lds[name]['sem']:.4f}", flush=True)
 
     mislabel = _trak_mislabel(cache)
+    mislabel_date = datetime.date.today().isoformat()
+    previous = out / "results.json"
+    if not mislabel and previous.exists():
+        # The GNN-IRST runs are not on disk (they are not committed): keep the mislabel rows
+        # of the run that had them, with its date, rather than dropping the section.
+        prev = json.loads(previous.read_text())
+        mislabel = prev.get("mislabel", {})
+        mislabel_date = prev.get("mislabel_date", prev.get("date", "?"))
     results = {
         "date": datetime.date.today().isoformat(),
         **provenance(),
@@ -242,7 +254,7 @@ def run_study(out: Path) -> Path:
             "proj_dims": list(DIMS),
             "trak_dim": TRAK_DIM,
             "proj_seed": PROJ_SEED,
-            "projection": "rademacher",
+            "projection": "rademacher (dense); kronecker rows: per-layer Kronecker factors",
             "damping": DAMPING,
         },
         "reference_test_auroc": aurocs,
@@ -252,11 +264,29 @@ def run_study(out: Path) -> Path:
         "projection_error": proj_rows,
         "timing_seconds": timing,
         "mislabel": mislabel,
+        "mislabel_date": mislabel_date,
     }
     atomic_write_json(out / "results.json", results)
     path = out / "report.md"
     atomic_write_text(path, _report(results))
     return path
+
+
+def _projection_row(label: str, d: int, r: dict, exact: dict, seconds: float) -> dict:
+    """Projected TracIn ``r`` against exact TracIn: self-influence and matrix errors."""
+    rel = np.abs(r["si"] / exact["si"] - 1)
+    a, b = r["scores"].ravel(), exact["scores"].ravel()
+    return {
+        "projection": label,
+        "d": d,
+        "si_rel_err_median": float(np.median(rel)),
+        "si_rel_err_p95": float(np.quantile(rel, 0.95)),
+        "jl_scale_sqrt_2_over_d": float(np.sqrt(2 / d)),
+        "matrix_pearson": float(np.corrcoef(a, b)[0, 1]),
+        "matrix_rel_frobenius_err": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
+        "top10_overlap": _top_overlap(r["scores"], exact["scores"], 10),
+        "seconds": seconds,
+    }
 
 
 def _top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
@@ -344,17 +374,21 @@ def _report(r: dict) -> str:
         "",
         "## Projected TracIn against exact TracIn (all checkpoints of seed 0)",
         "",
-        "| d | SI rel. err. median | SI rel. err. p95 | sqrt(2/d) | matrix Pearson r | "
-        "matrix rel. Frobenius err. | top-10 proponent overlap | LDS | seconds |",
+        "| projection, d | SI rel. err. median | SI rel. err. p95 | sqrt(2/d) | "
+        "matrix Pearson r | matrix rel. Frobenius err. | top-10 proponent overlap | LDS | "
+        "seconds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["projection_error"]:
         d = row["d"]
+        kron = row.get("projection", "").startswith("kronecker")
+        name = f"tracin_kron_d{d}" if kron else f"tracin_proj_d{d}"
         lines.append(
-            f"| {d} | {_fmt(row['si_rel_err_median'])} | {_fmt(row['si_rel_err_p95'])} | "
+            f"| {'kronecker' if kron else 'dense'} {d} | {_fmt(row['si_rel_err_median'])} | "
+            f"{_fmt(row['si_rel_err_p95'])} | "
             f"{_fmt(row['jl_scale_sqrt_2_over_d'])} | {_fmt(row['matrix_pearson'])} | "
             f"{_fmt(row['matrix_rel_frobenius_err'])} | {_fmt(row['top10_overlap'], 2)} | "
-            f"{r['lds'][f'tracin_proj_d{d}']['lds']:+.4f} | {row['seconds']:.0f} |"
+            f"{r['lds'][name]['lds']:+.4f} | {row['seconds']:.0f} |"
         )
     if r["mislabel"]:
         lines += [
@@ -363,7 +397,8 @@ def _report(r: dict) -> str:
             "",
             "Detector AUROC and the fraction of flipped jets in the top 5/10/20 % of each score. "
             "TracIn and loss figures are the GNN-IRST study's, on the same runs; TRAK uses the "
-            f"last checkpoint, d = {s['trak_dim']}.",
+            f"last checkpoint, d = {s['trak_dim']} (dense projection). From the run of "
+            f"{r.get('mislabel_date', r['date'])}.",
             "",
             "| seed | score | AUROC | top 5 % | top 10 % | top 20 % |",
             "|---|---|---|---|---|---|",
