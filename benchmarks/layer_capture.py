@@ -8,8 +8,9 @@ Command (from the repository root; about 25 minutes on the 2-core CPU)::
 
 Workloads of shared/spec/benchmark-workload.md (``ref``: ref-edgeconv and ref-jets with the
 ref-edgeconv model, K = 5 random checkpoints, eta_k = 1e-3, float32). For each, timed against
-each other in the same process (first call with compilation apart, then the median of the
-steady calls):
+each other in the same process (first call with compilation apart, then rounds that call every
+method once in turn, so load changes fall on all alike; the median of each method's steady
+calls):
 
 * ``exact_self_influence``: ``||jax.grad||^2`` per event (the library's default);
 * ``capture_self_influence``: the same sums from per-layer captures, ghost norms where the
@@ -42,10 +43,10 @@ import numpy as np
 
 from benchmarks.tracin_throughput import (
     WORKLOADS,
+    CompileClock,
     bench_matmul,
     environment,
     make_workload,
-    time_calls,
 )
 from hepattr_jax import tracin, trak
 from hepattr_jax.capture import (
@@ -80,7 +81,7 @@ SETTINGS = {
         5,
         512,
         64,
-        {"ref-edgeconv": 3, "ref-jets": 1},
+        {"ref-edgeconv": 5, "ref-jets": 2},
         128,
         10,
         2048,
@@ -146,13 +147,6 @@ def run_workload(s: Settings, name: str) -> dict:
     print(f"{name}: {n} events, {w.n_params} parameters, K = {len(w.ckpts)}", flush=True)
     rows: dict = {}
     kw = {"chunk_size": c, "progress": False}
-
-    def timed(key, fn):
-        t = time_calls(fn, reps)
-        t["events_per_s"] = n / t["median_s"]
-        rows[key] = t
-        print(f"  {key}: {t['events_per_s']:.0f} events/s (first call {t['first_call_s']:.1f} s)")
-
     dense = Projector(s.proj_dim)
     # Calibrated once on the training events (dimensions split by layer energy), as scoring
     # does; timed apart.
@@ -164,19 +158,17 @@ def run_workload(s: Settings, name: str) -> dict:
     kron_loss = tracin.calibrate_projector(
         layout, w.ckpts, w.train, KroneckerProjector(s.proj_dim), output="loss"
     )
-    timed("exact_self_influence", lambda: tracin.self_influence(layout, w.ckpts, w.train, **kw))
-    timed(
-        "capture_self_influence",
-        lambda: tracin.self_influence(layout, w.ckpts, w.train, method="capture", **kw),
-    )
-    timed(
-        f"trak_dense_d{s.proj_dim}",
-        lambda: trak.featurize(layout, w.ckpts, w.train, dense, **kw),
-    )
-    timed(
-        f"trak_kronecker_d{s.proj_dim}",
-        lambda: trak.featurize(layout, w.ckpts, w.train, kron, **kw),
-    )
+    methods = {
+        "exact_self_influence": lambda: tracin.self_influence(layout, w.ckpts, w.train, **kw),
+        "capture_self_influence": lambda: tracin.self_influence(
+            layout, w.ckpts, w.train, method="capture", **kw
+        ),
+        f"trak_dense_d{s.proj_dim}": lambda: trak.featurize(layout, w.ckpts, w.train, dense, **kw),
+        f"trak_kronecker_d{s.proj_dim}": lambda: trak.featurize(
+            layout, w.ckpts, w.train, kron, **kw
+        ),
+    }
+    rows = _interleaved(methods, reps, n)
     # Quality against exact inner products (TracIn: loss gradients), untimed.
     t0 = time.perf_counter()
     exact_si = tracin.self_influence(layout, w.ckpts, w.train, **kw)
@@ -225,6 +217,39 @@ def run_workload(s: Settings, name: str) -> dict:
         "kronecker_weights": list(kron.weights or ()),
         "ghost_layers": _ghost_layers(w, layout, c, s.ghost_layers),
     }
+
+
+def _interleaved(methods: dict, repeats: int, n: int) -> dict:
+    """Each method's first call (compilation included) timed alone, then ``repeats`` rounds
+    that call every method once in turn (so a change in the machine's load during the run
+    falls on all of them alike); the median of each method's steady calls."""
+    rows = {}
+    for key, fn in methods.items():
+        with CompileClock() as clock:
+            t0 = time.perf_counter()
+            fn()
+            rows[key] = {
+                "first_call_s": time.perf_counter() - t0,
+                "first_call_compile_s": clock.seconds,
+                "times_s": [],
+            }
+    with CompileClock() as steady:
+        for _ in range(repeats):
+            for key, fn in methods.items():
+                t0 = time.perf_counter()
+                fn()
+                rows[key]["times_s"].append(time.perf_counter() - t0)
+    for key, r in rows.items():
+        ts = r["times_s"]
+        r.update(
+            median_s=statistics.median(ts),
+            min_s=min(ts),
+            max_s=max(ts),
+            steady_calls_compile_s=steady.seconds,
+            events_per_s=n / statistics.median(ts),
+        )
+        print(f"  {key}: {r['events_per_s']:.0f} events/s (first call {r['first_call_s']:.1f} s)")
+    return rows
 
 
 def _example(layout, w, c):
