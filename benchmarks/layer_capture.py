@@ -323,7 +323,7 @@ def markdown(r: dict) -> str:
             lines.append(
                 f"| {label} | {x['self_influence_rel_err_median']:.3f} | "
                 f"{x['self_influence_rel_err_p90']:.3f} | {x[top]:.2f} | "
-                f"{x['matrix_pearson']:.3f} |"
+                f"{x['matrix_pearson']:.5f} |"
             )
         lines += [
             "",
