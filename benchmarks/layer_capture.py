@@ -29,14 +29,10 @@ plan's choice. Writes ``OUT/layer_capture_<device>.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -45,8 +41,9 @@ from benchmarks.tracin_throughput import (
     WORKLOADS,
     CompileClock,
     bench_matmul,
-    environment,
     make_workload,
+    preset_main,
+    results_header,
 )
 from hepattr_jax import tracin, trak
 from hepattr_jax.capture import (
@@ -56,6 +53,7 @@ from hepattr_jax.capture import (
     layer_grad,
     layer_plan,
 )
+from hepattr_jax.evaluation import top_k_overlap
 from hepattr_jax.per_example import graph_level_layers, layout_for
 from hepattr_jax.projection import KroneckerProjector, Projector
 
@@ -88,13 +86,6 @@ SETTINGS = {
     ),
     "quick": Settings(("quick-edgeconv",), "edgeconv", 2, 16, 16, {"quick-edgeconv": 1}, 8, 3, 256),
 }
-
-
-def _overlap(a: np.ndarray, b: np.ndarray, top: int) -> float:
-    """Mean over test events (columns) of |top-``top`` train rows of a ∩ of b| / top."""
-    ta = np.argsort(-a, axis=0, kind="stable")[:top]
-    tb = np.argsort(-b, axis=0, kind="stable")[:top]
-    return float(np.mean([len(set(ta[:, j]) & set(tb[:, j])) / top for j in range(a.shape[1])]))
 
 
 def _ghost_layers(w, layout, chunk_size: int, n_layers, repeats: int = 5) -> list[dict]:
@@ -184,7 +175,7 @@ def run_workload(s: Settings, name: str) -> dict:
         quality[label] = {
             "self_influence_rel_err_median": float(np.median(rel)),
             "self_influence_rel_err_p90": float(np.quantile(rel, 0.9)),
-            f"top{s.top}_proponent_overlap": _overlap(m, exact_m, s.top),
+            f"top{s.top}_proponent_overlap": top_k_overlap(m, exact_m, s.top),
             "matrix_pearson": float(np.corrcoef(m.ravel(), exact_m.ravel())[0, 1]),
         }
     quality["wall_s"] = time.perf_counter() - t0
@@ -259,15 +250,7 @@ def _example(layout, w, c):
 def run(preset: str) -> dict:
     s = SETTINGS[preset]
     t_start = time.perf_counter()
-    res: dict = {
-        "benchmark": "layer_capture",
-        "preset": preset,
-        "settings": dataclasses.asdict(s),
-        "command": f"python -m benchmarks.layer_capture --preset {preset}",
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-        "environment": environment(),
-    }
+    res: dict = results_header("layer_capture", preset, s)
     res["workloads"] = [run_workload(s, name) for name in s.workloads]
     res["matmul"] = bench_matmul(s.matmul_size, 3)
     res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -342,23 +325,7 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=sorted(SETTINGS), default="ref")
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args(argv)
-    res = run(args.preset)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "" if args.preset == "ref" else f"{args.preset}_"
-    stem = out / f"layer_capture_{tag}{res['environment']['device_label']}"
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
-    res["files"] = {
-        "json": str(stem.with_suffix(".json")),
-        "markdown": str(stem.with_suffix(".md")),
-    }
-    return res
+    return preset_main(argv, __doc__, SETTINGS, "ref", "layer_capture", run, markdown)
 
 
 if __name__ == "__main__":

@@ -15,21 +15,18 @@ costs ``P d`` random draws per chunk and checkpoint (shared by the ``C`` events 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
-import json
 import os
 import time
-from pathlib import Path
 
 import jax
 
 from benchmarks.tracin_throughput import (
     WORKLOADS,
     bench_matmul,
-    environment,
     make_workload,
+    preset_main,
+    results_header,
     set_grad_flops,
     time_calls,
 )
@@ -82,15 +79,7 @@ def run(preset: str) -> dict:
     s = SETTINGS[preset]
     spec = WORKLOADS[s.workload]
     t_start = time.perf_counter()
-    res: dict = {
-        "benchmark": "projection_throughput",
-        "preset": preset,
-        "settings": dataclasses.asdict(s),
-        "command": f"python -m benchmarks.projection_throughput --preset {preset}",
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-        "environment": environment(),
-    }
+    res: dict = results_header("projection_throughput", preset, s)
     w = make_workload(spec, "edgeconv", s.n_checkpoints, 1e-3)
     layout = layout_for(w.model)
     n, k, n_params = len(w.train), len(w.ckpts), w.n_params
@@ -270,23 +259,9 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=sorted(SETTINGS), default="ref-edgeconv")
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args(argv)
-    res = run(args.preset)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "" if args.preset == "ref-edgeconv" else f"{args.preset}_"
-    stem = out / f"projection_throughput_{tag}{res['environment']['device_label']}"
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
-    res["files"] = {
-        "json": str(stem.with_suffix(".json")),
-        "markdown": str(stem.with_suffix(".md")),
-    }
-    print(markdown(res))
-    return res
+    return preset_main(
+        argv, __doc__, SETTINGS, "ref-edgeconv", "projection_throughput", run, markdown
+    )
 
 
 if __name__ == "__main__":

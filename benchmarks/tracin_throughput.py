@@ -117,11 +117,20 @@ WORKLOADS = {
         coord_spread=0.4,
         models=MODEL_NAMES,
     ),
-    # Tiny shapes for the smoke test: one node count each, so every kernel compiles once. The
-    # three general GNNs on complete graphs, edgeconv alone on kNN graphs (the smoke test checks
-    # every model's hand FLOP count against XLA's apart, without running the whole pipeline).
+    # Tiny shapes for the smoke test: one node count each, so every kernel compiles once.
+    # edgeconv and gcn on complete graphs, edgeconv alone on kNN graphs (the smoke test checks
+    # every model's hand FLOP count against XLA's apart, without running the whole pipeline;
+    # the interaction network's kernels are the same engine's, tested in tests/test_tracin.py).
     "quick-edgeconv": WorkloadSpec(
-        "quick-edgeconv", 48, 16, (5, 5), "fully_connected", (16,), 8, training_batch_size=16
+        "quick-edgeconv",
+        48,
+        16,
+        (5, 5),
+        "fully_connected",
+        (16,),
+        8,
+        training_batch_size=16,
+        models=("edgeconv", "gcn"),
     ),
     "quick-jets": WorkloadSpec(
         "quick-jets",
@@ -1007,13 +1016,49 @@ def output_stem(res: dict, out_dir: Path) -> Path:
     return out_dir / f"tracin_throughput_{tag}{res['environment']['device_label']}"
 
 
-def write_results(res: dict, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = output_stem(res, out_dir)
+def save_results(res: dict, stem: Path, text: str) -> dict[str, str]:
+    """Writes ``stem.json`` (the results) and ``stem.md`` (``text``); every benchmark's output."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     json_path.write_text(json.dumps(res, indent=2) + "\n")
-    md_path.write_text(markdown(res))
-    return json_path, md_path
+    md_path.write_text(text)
+    return {"json": str(json_path), "markdown": str(md_path)}
+
+
+def results_header(name: str, preset: str, settings) -> dict:
+    """What every preset benchmark's results start with: its name, preset, settings, command,
+    date, the load average before it and the environment."""
+    return {
+        "benchmark": name,
+        "preset": preset,
+        "settings": dataclasses.asdict(settings),
+        "command": f"python -m benchmarks.{name} --preset {preset}",
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "loadavg_before": loadavg(),
+        "environment": environment(),
+    }
+
+
+def preset_main(argv, doc: str, presets, default: str, name: str, run_fn, markdown_fn) -> dict:
+    """The command line of a preset benchmark: ``--preset`` (one of ``presets``, ``default``)
+    and ``--out``; runs ``run_fn(preset)``, writes ``OUT/<name>_[<preset>_]<device>.json``
+    and ``.md`` (no preset tag for ``default``), prints the markdown, returns the results."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(presets), default=default)
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    res = run_fn(args.preset)
+    tag = "" if args.preset == default else f"{args.preset}_"
+    stem = Path(args.out) / f"{name}_{tag}{res['environment']['device_label']}"
+    text = markdown_fn(res)
+    res["files"] = save_results(res, stem, text)
+    print(text)
+    return res
+
+
+def write_results(res: dict, out_dir: Path) -> tuple[Path, Path]:
+    files = save_results(res, output_stem(res, out_dir), markdown(res))
+    return Path(files["json"]), Path(files["markdown"])
 
 
 # --------------------------------------------------------------------- driver

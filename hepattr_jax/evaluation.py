@@ -123,6 +123,18 @@ def detection_rates(scores, flipped, fractions=(0.05, 0.1, 0.2)) -> dict[str, fl
 
 
 # --------------------------------------------------------------------- attribution quality (LDS)
+def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Mean over columns (test events) of ``|top-k rows of a & top-k rows of b| / k``: how many
+    of one score matrix's ``k`` strongest proponents ``[N, M]`` the other finds (ties broken by
+    the smaller row)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"top_k_overlap: shapes {a.shape} and {b.shape}, want equal [N, M]")
+    ta = np.argsort(-a, axis=0, kind="stable")[:k]
+    tb = np.argsort(-b, axis=0, kind="stable")[:k]
+    return float(np.mean([len(set(ta[:, j]) & set(tb[:, j])) / k for j in range(a.shape[1])]))
+
+
 def rankdata(x: np.ndarray, axis: int = 0) -> np.ndarray:
     """Ranks ``1..n`` along ``axis``, ties given their average rank (``scipy.stats.rankdata``,
     already a dependency for the TRAK solves, in float64)."""

@@ -96,8 +96,17 @@ def test_shares_merge_to_the_bytes_of_one_process(run, tmp_path):
     ).read_bytes()
 
 
-def test_trak_shares_merge_to_one_process_result(run, tmp_path):
-    proj = Projector(8, seed=0)
+@pytest.mark.parametrize("structure", ["dense", "kronecker"])
+def test_trak_shares_merge_to_one_process_result(run, tmp_path, structure):
+    """Also: a per-layer projection is calibrated once per member on its training events
+    (deterministically, so every share agrees) and featurises its test events with the same
+    weights, recorded in both feature stores' meta; the scores are TRAK's on those features."""
+    from hepattr_jax import trak
+    from hepattr_jax.per_example import layout_for
+    from hepattr_jax.projection import KroneckerProjector
+    from hepattr_jax.tracin import calibrate_projector
+
+    proj = Projector(8, seed=0) if structure == "dense" else KroneckerProjector(16, seed=0)
     ref = scored_trak([run], tmp_path / "one", proj, chunk_size=CHUNK, progress=False)
     got = _shared(
         lambda out, **kw: scored_trak([run], out, proj, progress=False, **kw),
@@ -107,6 +116,20 @@ def test_trak_shares_merge_to_one_process_result(run, tmp_path):
     )
     for key in ref:
         assert got[key].tobytes() == ref[key].tobytes(), key
+    if structure == "kronecker":
+        metas = [
+            read_result(tmp_path / "one" / "features" / f"run0_{s}").meta for s in ("train", "test")
+        ]
+        weights = metas[0]["projection"]["weights"]
+        assert weights and metas[1]["projection"]["weights"] == weights
+        layout = layout_for(run.model, run.data.train)
+        ck = run.checkpoints.select([len(run.checkpoints) - 1])
+        cal = calibrate_projector(layout, ck, run.data.train, proj, output="margin")
+        assert list(cal.weights) == weights
+        ftr, mtr = trak.featurize(layout, ck, run.data.train, cal, chunk_size=CHUNK, progress=False)
+        fte, _ = trak.featurize(layout, ck, run.data.test, cal, chunk_size=CHUNK, progress=False)
+        want = trak.trak_scores(ftr, mtr, fte)
+        np.testing.assert_allclose(ref["scores"], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def _merge(capsys, *argv):
