@@ -84,7 +84,9 @@ SETTINGS = {
         10,
         2048,
     ),
-    "quick": Settings(("quick-edgeconv",), "edgeconv", 2, 16, 16, {"quick-edgeconv": 1}, 8, 3, 256),
+    "quick": Settings(
+        ("quick-edgeconv",), "edgeconv", 2, 16, 16, {"quick-edgeconv": 1}, 8, 3, 256, ghost_layers=2
+    ),
 }
 
 

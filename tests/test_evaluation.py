@@ -10,6 +10,7 @@ from hepattr_jax.evaluation import (
     remove_above_robust_threshold,
     remove_top_fraction,
     robust_threshold,
+    top_k_overlap,
 )
 
 SCORES = np.array([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 0.0])
@@ -125,3 +126,13 @@ def test_subset_masks_have_exact_sizes_and_are_reproducible():
     assert m.shape == (7, 11) and np.all(m.sum(1) == 6)
     np.testing.assert_array_equal(m, subset_masks(11, 7, 0.5, seed=3))
     assert not np.array_equal(m, subset_masks(11, 7, 0.5, seed=4))
+
+
+def test_top_k_overlap_counts_shared_proponents_per_column():
+    a = np.array([[3.0, 0.0], [2.0, 1.0], [1.0, 2.0], [0.0, 3.0]])
+    b = np.array([[3.0, 3.0], [0.0, 2.0], [2.0, 1.0], [1.0, 0.0]])
+    # column 0: top-2 {0, 1} vs {0, 2} -> 1/2; column 1: {3, 2} vs {0, 1} -> 0
+    assert top_k_overlap(a, b, 2) == pytest.approx(0.25)
+    assert top_k_overlap(a, a, 3) == 1.0
+    with pytest.raises(ValueError, match="shapes"):
+        top_k_overlap(a, b[:3], 2)
