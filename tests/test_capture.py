@@ -54,7 +54,10 @@ def _first_chunk(layout, gs):
     return next(iter(layout.chunks(gs, len(gs)))).data
 
 
-def _compare(layout, params, data):
+def _compare(layout, params, data, norms=True):
+    """The capture's gradient against ``jax.grad`` per event; with ``norms``, also the squared
+    norms by the Gram route and by the product for every layer (model-independent code over
+    the captures: tested on a few models, to keep the compilations down)."""
     fn = layout.loss_one
     ex0 = jax.tree_util.tree_map(lambda x: x[0], data)
     spec = discover(fn, params, ex0)
@@ -65,13 +68,13 @@ def _compare(layout, params, data):
         got = jax.vmap(lambda c: grads_from_capture(spec, params, c))(caps)
         want = jax.vmap(lambda e: jax.grad(fn)(params, e))(data)
         # Every layer by the Gram route, and every layer by the product (the plan mixes them).
-        norms = {
+        sq = {
             str(g): jax.vmap(lambda c, g=g: sq_norm_from_capture(spec, c, ghost=g))(caps)
-            for g in (True, False)
+            for g in ((True, False) if norms else ())
         }
-        return got, want, norms
+        return got, want, sq
 
-    got, want, norms = both(params, data)
+    got, want, sq = both(params, data)
     for i in range(data.valid.shape[0] if hasattr(data, "valid") else 1):
         gi = jax.tree_util.tree_map(lambda x, i=i: x[i], got)
         wi = jax.tree_util.tree_map(lambda x, i=i: x[i], want)
@@ -79,7 +82,7 @@ def _compare(layout, params, data):
             continue
         assert _rel_err(gi, wi) < RTOL, f"event slot {i}"
     exact = jax.vmap(lambda w: sum(jnp.vdot(x, x) for x in jax.tree_util.tree_leaves(w)))(want)
-    for g, v in norms.items():
+    for g, v in sq.items():
         np.testing.assert_allclose(v, exact, rtol=RTOL, atol=0, err_msg=f"ghost={g}")
     return spec
 
@@ -95,7 +98,7 @@ def test_capture_rebuilds_the_per_event_gradient_float64(name):
         data = _first_chunk(layout, gs)
         params = model.init(jax.random.key(0), jax.tree_util.tree_map(lambda x: x[0], data.graph))
         params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
-        spec = _compare(layout, params, data)
+        spec = _compare(layout, params, data, norms=name in ("edgeconv", "interaction"))
     # Every Dense kernel is covered by a site; only non-Dense parameters remain.
     rest = {"/".join(p[1:]) for p in spec.rest}
     if name == "part":
@@ -192,9 +195,8 @@ def test_allocate_splits_the_dimension_by_size():
         allocate([5, 5, 5], 2)
 
 
-@pytest.mark.parametrize(
-    "name, proj_dim", [("edgeconv", 60), ("part", 90), ("users", 50), ("gcn", 4000)]
-)
+# The users' module has a LayerNorm: a rest block (parameters no dense site covers).
+@pytest.mark.parametrize("name, proj_dim", [("edgeconv", 60), ("users", 50), ("gcn", 4000)])
 def test_kronecker_features_equal_the_dense_matrix_form_float64(name, proj_dim):
     """``project`` (per-layer factors on captured rows, never a per-event gradient) equals the
     flat exact gradient times the whole ``[P, d]`` Kronecker matrix built independently."""
@@ -217,7 +219,7 @@ def test_kronecker_features_equal_the_dense_matrix_form_float64(name, proj_dim):
         spec = discover(fn, params, ex0)
         graph_level = graph_level_layers(layout, fn, params, ex0)
         # The readout after pooling is one row per event: projected densely.
-        readout = {"edgeconv": {"readout_0", "readout_1"}, "part": {"head_0", "head_1"}}
+        readout = {"edgeconv": {"readout_0", "readout_1"}}
         assert {k[1] for k in graph_level} >= readout.get(name, set())
         proj = KroneckerProjector(proj_dim, seed=3)
         if name == "edgeconv":  # calibrated: dimensions by (here made-up) layer energies
@@ -243,7 +245,7 @@ def test_kronecker_features_equal_the_dense_matrix_form_float64(name, proj_dim):
 
 
 def test_kronecker_inner_products_are_unbiased():
-    """Mean over 300 keys of the projected inner product of two fixed gradients is the exact
+    """Mean over 50 keys of the projected inner product of two fixed gradients is the exact
     one within 4 standard errors (per-entry unbiasedness; the matrix form is checked above)."""
     kwargs, graph = MODELS["edgeconv"]
     ev = random_events(2, n_nodes=np.array([5, 7]), seed=8)
@@ -257,7 +259,7 @@ def test_kronecker_inner_products_are_unbiased():
     flat = jax.vmap(lambda e: ravel_pytree(jax.grad(layout.margin_one)(params, e))[0])(data)
     exact = float(flat[0] @ flat[1])
     est = []
-    for seed in range(300):
+    for seed in range(50):
         r = kronecker_projection_matrix(KroneckerProjector(24, seed=seed), spec, params)
         f = flat @ r
         est.append(float(f[0] @ f[1]))
