@@ -45,6 +45,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tracin_throughput.py --preset ref
 	$(BIN)/python -m benchmarks.projection_throughput
+	$(BIN)/python -m benchmarks.layer_capture
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
