@@ -87,7 +87,12 @@ def _compare(layout, params, data, norms=True):
     return spec
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+SLOW = pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
+# make test-fast keeps edgeconv (two sites per factorised layer); make test runs all six.
+MODEL_CASES = [m if m == "edgeconv" else pytest.param(m, marks=SLOW) for m in sorted(MODELS)]
+
+
+@pytest.mark.parametrize("name", MODEL_CASES)
 def test_capture_rebuilds_the_per_event_gradient_float64(name):
     kwargs, graph = MODELS[name]
     with jax.enable_x64(True):
@@ -196,7 +201,9 @@ def test_allocate_splits_the_dimension_by_size():
 
 
 # The users' module has a LayerNorm: a rest block (parameters no dense site covers).
-@pytest.mark.parametrize("name, proj_dim", [("edgeconv", 60), ("users", 50), ("gcn", 4000)])
+@pytest.mark.parametrize(
+    "name, proj_dim", [("edgeconv", 60), pytest.param("users", 50, marks=SLOW), ("gcn", 4000)]
+)
 def test_kronecker_features_equal_the_dense_matrix_form_float64(name, proj_dim):
     """``project`` (per-layer factors on captured rows, never a per-event gradient) equals the
     flat exact gradient times the whole ``[P, d]`` Kronecker matrix built independently."""
@@ -244,6 +251,7 @@ def test_kronecker_features_equal_the_dense_matrix_form_float64(name, proj_dim):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
 
+@SLOW
 def test_kronecker_inner_products_are_unbiased():
     """Mean over 50 keys of the projected inner product of two fixed gradients is the exact
     one within 4 standard errors (per-entry unbiasedness; the matrix form is checked above)."""

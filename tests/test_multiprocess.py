@@ -96,7 +96,7 @@ def test_shares_merge_to_the_bytes_of_one_process(run, tmp_path):
     ).read_bytes()
 
 
-@pytest.mark.parametrize("structure", ["dense", "kronecker"])
+@pytest.mark.parametrize("structure", ["dense", pytest.param("kronecker", marks=pytest.mark.slow)])
 def test_trak_shares_merge_to_one_process_result(run, tmp_path, structure):
     """Also: a per-layer projection is calibrated once per member on its training events
     (deterministically, so every share agrees) and featurises its test events with the same
