@@ -46,13 +46,7 @@ from benchmarks.tracin_throughput import (
     results_header,
 )
 from hepattr_jax import tracin, trak
-from hepattr_jax.capture import (
-    _ghost_sq_norm,
-    capture_one,
-    discover,
-    layer_grad,
-    layer_plan,
-)
+from hepattr_jax.capture import capture_one, discover, layer_plan, layer_sq_norm
 from hepattr_jax.evaluation import top_k_overlap
 from hepattr_jax.per_example import graph_level_layers, layout_for
 from hepattr_jax.projection import KroneckerProjector, Projector
@@ -101,10 +95,8 @@ def _ghost_layers(w, layout, chunk_size: int, n_layers, repeats: int = 5) -> lis
     jax.block_until_ready(caps)
     rows = []
     for layer, choice in list(zip(spec.layers, layer_plan(spec), strict=True))[:n_layers]:
-        ghost = jax.jit(jax.vmap(lambda c, layer=layer: _ghost_sq_norm(spec, layer, c)))
-        prod = jax.jit(
-            jax.vmap(lambda c, layer=layer: (lambda g: (g * g).sum())(layer_grad(spec, layer, c)))
-        )
+        ghost = jax.jit(jax.vmap(lambda c, layer=layer: layer_sq_norm(spec, layer, c, True)))
+        prod = jax.jit(jax.vmap(lambda c, layer=layer: layer_sq_norm(spec, layer, c, False)))
         times = {}
         for name, f in (("ghost", ghost), ("product", prod)):
             f(caps).block_until_ready()

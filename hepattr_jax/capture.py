@@ -23,7 +23,8 @@ covers (LayerNorm scales, tokens, a user's non-Dense layers): the *rest*. The ke
 the sites cover are not differentiated directly, so the per-event ``[r, p]`` products are never
 formed unless a consumer asks for them. A covered kernel that is also used *outside* its sites
 would lose that part of its gradient: :func:`check_capture` compares against ``jax.grad`` on a
-real event and names the parameter (the Kronecker projection runs it once per scoring).
+real event and names the parameter (every capture-based method runs it once per layout and
+output in a process: :func:`hepattr_jax.per_example.check_layerwise`).
 
 Consumers (all per event, batched with ``vmap``):
 
@@ -31,7 +32,7 @@ Consumers (all per event, batched with ``vmap``):
 * :func:`sq_norm_from_capture`: ``||grad||^2`` layer by layer, each layer by the *ghost norm*
   ``<A A^T, D D^T>`` (cost ``~T^2 (r + p)``) or the materialised product (``~T r p``), chosen at
   trace time by :func:`layer_plan`;
-* the Kronecker-structured projection of :mod:`hepattr_jax.kronecker`.
+* the Kronecker-structured projection of :mod:`hepattr_jax.projection`.
 """
 
 from __future__ import annotations
@@ -320,7 +321,12 @@ def layer_plan(spec: CaptureSpec, ghost: bool | None = None) -> tuple[LayerChoic
     return tuple(out)
 
 
-def _ghost_sq_norm(spec: CaptureSpec, layer: Layer, cap: Capture) -> jax.Array:
+def layer_sq_norm(spec: CaptureSpec, layer: Layer, cap: Capture, ghost: bool) -> jax.Array:
+    """``||G_l||^2`` of one layer: by the Gram route ``<A A^T, D D^T>`` summed over site pairs
+    (``ghost``), else from the materialised ``[m, p]`` product."""
+    if not ghost:
+        g = layer_grad(spec, layer, cap)
+        return jnp.vdot(g, g)
     total = jnp.zeros((), cap.deltas[layer.sites[0]].dtype)
     for i in layer.sites:
         for j in layer.sites:
@@ -343,11 +349,7 @@ def sq_norm_from_capture(spec: CaptureSpec, cap: Capture, ghost: bool | None = N
     :func:`layer_plan` chooses or ``ghost`` forces) plus the rest's ordinary gradient."""
     total = jnp.asarray(sum(jnp.vdot(g, g) for g in cap.rest), cap.value.dtype)
     for layer, choice in zip(spec.layers, layer_plan(spec, ghost), strict=True):
-        if choice.ghost:
-            total = total + _ghost_sq_norm(spec, layer, cap)
-        else:
-            g = layer_grad(spec, layer, cap)
-            total = total + jnp.vdot(g, g)
+        total = total + layer_sq_norm(spec, layer, cap, choice.ghost)
     return total
 
 

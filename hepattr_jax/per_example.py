@@ -383,28 +383,31 @@ def self_influence_kernel(layout) -> Callable:
     return f
 
 
+def _chunk_captures(fn: Callable, params: Params, chunk):
+    """``(spec, caps)``: the capture spec of the chunk's shapes and every slot's capture of
+    ``fn`` (leading axis ``C``), for the capture-based kernels below (inside their ``jit``)."""
+    from hepattr_jax.capture import capture_one, discover
+
+    spec = discover(fn, params, jax.tree_util.tree_map(lambda x: x[0], chunk))
+    return spec, jax.vmap(lambda e: capture_one(fn, spec, params, e))(chunk)
+
+
 @functools.lru_cache(maxsize=32)
 def capture_self_influence_kernel(layout, ghost: bool | None = None) -> Callable:
     """:func:`self_influence_kernel` from per-layer captures (:mod:`hepattr_jax.capture`):
     each dense layer's ``||G_l||^2`` by the ghost norm ``<A A^T, D D^T>`` or the materialised
     product, as :func:`~hepattr_jax.capture.layer_plan` chooses (``ghost`` None) or ``ghost``
     forces; the other parameters by their ordinary gradient. Exact (same sums, other order)."""
-    from hepattr_jax.capture import capture_one, discover, sq_norm_from_capture
+    from hepattr_jax.capture import sq_norm_from_capture
 
     fn = layout.loss_one
 
     @jax.jit
     def f(params_k, lr_k, chunk):
-        ex0 = jax.tree_util.tree_map(lambda x: x[0], chunk)
-
         def body(carry, pk):
             params, lr = pk
-            spec = discover(fn, params, ex0)
-
-            def one(ex):
-                return sq_norm_from_capture(spec, capture_one(fn, spec, params, ex), ghost)
-
-            return carry, lr * jax.vmap(one)(chunk)
+            spec, caps = _chunk_captures(fn, params, chunk)
+            return carry, lr * jax.vmap(lambda c: sq_norm_from_capture(spec, c, ghost))(caps)
 
         return jax.lax.scan(body, None, (params_k, lr_k))[1]
 
@@ -499,16 +502,14 @@ def _kronecker_kernel(layout, fn: Callable, projector) -> Callable:
     (:class:`~hepattr_jax.projection.KroneckerProjector`): one capture pass per event
     (:mod:`hepattr_jax.capture`), the layers' factors applied to the captured rows; no per-event
     gradient is formed."""
-    from hepattr_jax.capture import capture_one, discover
 
     @jax.jit
     def f(params_k, chunk):
         ex0 = jax.tree_util.tree_map(lambda x: x[0], chunk)
 
         def one_checkpoint(params):
-            spec = discover(fn, params, ex0)
+            spec, caps = _chunk_captures(fn, params, chunk)
             graph_level = graph_level_layers(layout, fn, params, ex0)
-            caps = jax.vmap(lambda e: capture_one(fn, spec, params, e))(chunk)
             return projector.project(spec, caps, graph_level), caps.value
 
         return jax.lax.map(one_checkpoint, params_k)
@@ -522,20 +523,17 @@ def layer_energy_kernel(layout, output: str = "loss") -> Callable:
     gradient norm per block of a per-layer projection (the model's dense layers in capture
     order, then the rest if any), what :meth:`~hepattr_jax.projection.KroneckerProjector.
     calibrated` splits the dimensions by."""
-    from hepattr_jax.capture import capture_one, discover, layer_grad
+    from hepattr_jax.capture import layer_plan, layer_sq_norm
 
     fn = layout.loss_one if output == "loss" else layout.margin_one
 
     @jax.jit
     def f(params_k, chunk):
-        ex0 = jax.tree_util.tree_map(lambda x: x[0], chunk)
-
         def one_checkpoint(params):
-            spec = discover(fn, params, ex0)
-            caps = jax.vmap(lambda e: capture_one(fn, spec, params, e))(chunk)
+            spec, caps = _chunk_captures(fn, params, chunk)
             blocks = [
-                jax.vmap(lambda c, layer=layer: jnp.sum(layer_grad(spec, layer, c) ** 2))(caps)
-                for layer in spec.layers
+                jax.vmap(lambda c, lc=lc: layer_sq_norm(spec, lc[0], c, lc[1].ghost))(caps)
+                for lc in zip(spec.layers, layer_plan(spec), strict=True)
             ]
             if spec.rest:
                 blocks.append(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, 1) for g in caps.rest))

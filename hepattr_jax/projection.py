@@ -210,9 +210,11 @@ class KroneckerProjector:
     ``fold_in(fold_in(key(seed), l), 0 | 1)``; each entry ``p_in_i^T G p_out_j`` has
     ``E[phi(g) phi(g')] = <g, g'> / dim_l``, so inner products are unbiased as for the dense
     projection (with a larger variance: entries sharing a factor column are correlated). Layers
-    with ``dim_l = size_l`` keep their gradient itself. The parameters no dense site covers (the
-    *rest*) are one block projected densely (key ``fold_in(key(seed), L)``). ``proj_dim`` is
-    split over the blocks in proportion to their sizes (:func:`allocate`). Per event and layer
+    with ``dim_l = size_l`` keep their gradient itself; graph-level layers (one row per event)
+    are projected densely (key ``fold_in(lkey, 2)``, see :meth:`blocks`). The parameters no
+    dense site covers (the *rest*) are one block projected densely (key
+    ``fold_in(key(seed), L)``). ``proj_dim`` is split over the blocks by :func:`allocate`, in
+    equal shares or by the calibration ``weights`` (:meth:`calibrated`). Per event and layer
     the cost is ``T (m k_in + p k_out + k_in k_out)`` multiply-adds on the captured rows,
     against ``2 m p d`` for the dense projection of the materialised gradient.
     """

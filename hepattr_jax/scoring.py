@@ -558,15 +558,14 @@ def scored_trak(
                     f"{run.run_dir}: its {split} events differ from those of {runs[0].run_dir}; "
                     "ensemble members must be trained on the same data"
                 )
-            jobs.append((run, split, store_dir / "features" / f"run{i}_{split}"))
+            jobs.append((i, run, split, store_dir / "features" / f"run{i}_{split}"))
 
     calibrated: dict[int, object] = {}
 
     def features(job):
-        run, split, where = job
+        i, run, split, where = job
         # A per-layer projection is calibrated once per member, on its training events, and
         # the same projector featurises its test events.
-        i = next(j for j, r in enumerate(runs) if r is run)
         if i not in calibrated:
             from hepattr_jax.per_example import layout_for
             from hepattr_jax.tracin import calibrate_projector
