@@ -59,7 +59,8 @@ class Site(NamedTuple):
     ``kernel``/``bias``: paths of the parameters in the variables tree (``bias`` None when the
     site adds none); ``rows``: the kernel rows ``[start, stop)`` it multiplies; ``n_rows``: the
     event's rows ``T`` (leading axes of the input flattened); ``p``: output width; ``dtype``
-    of the output.
+    of the output; ``lead``: the input's leading axes (``(n,)`` on nodes, ``(n, width)`` on
+    edge slots, ``()`` after pooling), which :func:`site_masks` matches with a layout's masks.
     """
 
     kernel: Path
@@ -68,6 +69,7 @@ class Site(NamedTuple):
     n_rows: int
     p: int
     dtype: str
+    lead: tuple[int, ...] = ()
 
 
 class Layer(NamedTuple):
@@ -133,7 +135,7 @@ class _State:
     def site(self, kernel: Path, bias: Path | None, rows: tuple[int, int], x, y):
         x = jnp.asarray(x)
         a = x.reshape(-1, x.shape[-1]).astype(y.dtype)
-        s = Site(kernel, bias, rows, a.shape[0], y.shape[-1], str(y.dtype))
+        s = Site(kernel, bias, rows, a.shape[0], y.shape[-1], str(y.dtype), tuple(x.shape[:-1]))
         i = len(self.sites)
         if self.expected is not None and (i >= len(self.expected) or self.expected[i] != s):
             want = self.expected[i] if i < len(self.expected) else "no more sites"
@@ -377,3 +379,98 @@ def check_capture(fn_one: Callable, params: Params, ex, rtol: float = 1e-3) -> C
                 "hepattr_jax.capture.kernel_rows, or use a dense projection"
             )
     return spec
+
+
+# --------------------------------------------------------------------- layer statistics
+class LayerMoments(NamedTuple):
+    """One event's contribution to a dense layer's Kronecker-factor statistics (see
+    :func:`layer_moments`); a chunk adds a leading axis.
+
+    Attributes:
+      a_expand: ``[m, m]`` ``(1/T) sum_t a_t a_t^T`` over the event's rows of the layer.
+      s_expand: ``[p, p]`` ``c sum_t delta_t delta_t^T``.
+      a_reduce: ``[m, m]`` ``abar abar^T`` with ``abar = (1/T) sum_t a_t``.
+      s_reduce: ``[p, p]`` ``c dbar dbar^T`` with ``dbar = sum_t delta_t``.
+      rows: ``[]`` ``T``, the event's rows of the layer.
+    """
+
+    a_expand: jax.Array
+    s_expand: jax.Array
+    a_reduce: jax.Array
+    s_reduce: jax.Array
+    rows: jax.Array
+
+
+def site_masks(spec: CaptureSpec, masks) -> tuple[jax.Array | None, ...]:
+    """Per site the event's rows as a layout knows them: ``masks`` maps a leading shape to a
+    boolean mask of that shape (:meth:`hepattr_jax.per_example.NeighbourLayout.row_masks`:
+    nodes ``(n,)``, edge slots ``(n, width)``, the pooled row ``()``); a site whose input's
+    leading axes match one gets it flattened to ``[T]``, any other site None."""
+    out: list[jax.Array | None] = []
+    for s in spec.sites:
+        m = masks.get(s.lead)
+        out.append(None if m is None else jnp.reshape(m, (s.n_rows,)))
+    return tuple(out)
+
+
+def layer_rows(spec: CaptureSpec, layer: Layer, cap: Capture, known=None):
+    """The layer's rows in one event, over all its sites: ``(a [T, m], delta [T, p], real [T])``.
+
+    ``a`` is each row's input embedded in the layer's ``m`` gradient rows (its site's kernel rows,
+    and 1 in the bias row for a site that adds the bias), so that the event's layer gradient is
+    ``a^T delta``. ``real``: the row is one of the event's (``known``, per site from
+    :func:`site_masks`: the layout's node or edge mask) or carries gradient (``delta`` not
+    identically zero). Padding rows are neither (padding contributes exactly zero to the
+    event's output); a row the layout's masks do not describe (a user's attention heads, pair
+    rows outside the edge set) is the event's where it carries gradient, so a row of such a
+    site whose every path to the output is cut (dead ReLUs) is counted out; it contributes
+    nothing to the event's gradient either.
+    """
+    a_all, d_all, r_all = [], [], []
+    for i in layer.sites:
+        s = spec.sites[i]
+        a, d = cap.inputs[i], cap.deltas[i]
+        emb = jnp.zeros((a.shape[0], layer.m), d.dtype).at[:, s.rows[0] : s.rows[1]].set(a)
+        if s.bias is not None:
+            emb = emb.at[:, layer.d_in].set(1.0)
+        a_all.append(emb)
+        d_all.append(d)
+        real = jnp.any(d != 0, axis=-1)
+        if known is not None and known[i] is not None:
+            real = real | known[i].astype(bool)
+        r_all.append(real)
+    return jnp.concatenate(a_all), jnp.concatenate(d_all), jnp.concatenate(r_all)
+
+
+def layer_moments(
+    spec: CaptureSpec, layer: Layer, cap: Capture, c: jax.Array, known=None
+) -> LayerMoments:
+    """One event's moments of a dense layer for its Kronecker factors, from a capture of the
+    model's *output* (the logit, or any signed multiple of it: the margin), ``c`` the event's
+    Fisher weight (``sigma(z) sigma(-z)`` for the true Fisher of the binary cross-entropy, or
+    ``(sigma(z) - y)^2`` for the empirical one; the caller's choice).
+
+    The event's layer gradient is ``G = sum_t a_t delta_t^T`` over its ``T`` rows (nodes, edges,
+    or the one pooled row; every site of the layer), so the weighting is per *graph*, never per
+    row: ``expand`` treats the rows as ``T`` exchangeable terms, ``A = (1/T) sum_t a a^T`` and
+    ``S = c sum_t delta delta^T`` (their product is the event's Fisher block when its rows are
+    uncorrelated); ``reduce`` takes the graph as one term, ``A = abar abar^T`` (row mean) and
+    ``S = c dbar dbar^T`` (row sum), exact when the rows share one input or one output gradient
+    (a layer after pooling: ``T = 1``, where both are the plain K-FAC factors). Eschenhagen et al.
+    (NeurIPS 2023) name the two settings. Padding rows are left out (:func:`layer_rows`, with the
+    layout's masks ``known``); an event with no rows (no edges, for an edge layer) contributes
+    zero."""
+    a, d, real = layer_rows(spec, layer, cap, known)
+    w = real.astype(a.dtype)
+    t = w.sum()
+    inv = 1.0 / jnp.maximum(t, 1.0)
+    aw = a * w[:, None]
+    abar = aw.sum(0) * inv
+    dbar = d.sum(0)
+    return LayerMoments(
+        a_expand=(aw.T @ a) * inv,
+        s_expand=c * (d.T @ d),
+        a_reduce=jnp.outer(abar, abar),
+        s_reduce=c * jnp.outer(dbar, dbar),
+        rows=t,
+    )

@@ -10,7 +10,9 @@ A method is a jitted *chunk function* of a layout's chunk data (from
 * resume hooks: ``skip_chunk(index)`` skips chunks a store already holds, ``on_chunk(index,
   positions, values)`` persists each finished one (:class:`hepattr_jax.store.ScoreStore`'s
   ``has`` / ``write_chunk``);
-* progress: one tqdm bar in events.
+* progress: one tqdm bar in events;
+* totals: a method that accumulates statistics (a sum over events, not a value per event) gets
+  each chunk's slot weights (1 for an event, 0 for a filler slot) and returns the chunk's sum.
 
 A new attribution method is one module with its chunk function (see :mod:`hepattr_jax.tracin`
 and :mod:`hepattr_jax.trak`) plus its test; it never writes this loop again.
@@ -41,6 +43,7 @@ def stream(
     on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     skip_chunk: Callable[[int], bool] | None = None,
     mesh=None,
+    totals: bool = False,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yields ``(index, positions [c], values [..., c])`` for every chunk not skipped.
 
@@ -49,6 +52,10 @@ def stream(
     so ``values`` covers exactly the events at ``positions`` (into ``gs``). Values come back as
     NumPy arrays (the device work of the next chunk is dispatched only after this one is read,
     which bounds memory by one chunk).
+
+    ``totals``: ``chunk_fn((data, weight))`` with ``weight`` float32 ``[chunk_size]`` (1 for the
+    chunk's events, 0 for its filler slots, split over the mesh with the data) returns the
+    chunk's sum over its events, of any shape, yielded whole.
     """
     check_chunk_size(chunk_size, mesh)
     n = len(gs) if positions is None else len(positions)
@@ -58,7 +65,11 @@ def stream(
             if skip_chunk is not None and skip_chunk(idx):
                 bar.update(c)
                 continue
-            values = np.asarray(chunk_fn(shard_events(chunk.data, mesh)))[..., :c]
+            if totals:
+                weight = (np.arange(chunk_size) < c).astype(np.float32)
+                values = np.asarray(chunk_fn(shard_events((chunk.data, weight), mesh)))
+            else:
+                values = np.asarray(chunk_fn(shard_events(chunk.data, mesh)))[..., :c]
             if on_chunk is not None:
                 on_chunk(idx, chunk.positions, values)
             yield idx, chunk.positions, values

@@ -261,6 +261,17 @@ class NeighbourLayout:
         return jnp.where(ex.valid, (2.0 * ex.label - 1.0) * self.logit_one(params, ex), 0.0)
 
     @staticmethod
+    def row_masks(ex: NeighbourExample) -> dict[tuple[int, ...], Any]:
+        """The event's rows by leading shape, for :func:`hepattr_jax.capture.site_masks`: nodes
+        ``(n,)`` (its node mask), edge slots ``(n, width)`` (its edge mask), the pooled row
+        ``()`` (and ``(1,)``, a token's, unless ``n == 1``)."""
+        g = ex.graph
+        n, w = g.edge_mask.shape
+        out = {(n, w): g.edge_mask, (): ex.valid, (1,): ex.valid[None]}
+        out[(n,)] = g.node_mask
+        return out
+
+    @staticmethod
     def grown(ex: NeighbourExample) -> NeighbourExample:
         """The shapes (``jax.ShapeDtypeStruct``) of one event ``ex`` with one more node slot:
         what :func:`graph_level_layers` compares with to find the per-event layers."""
@@ -323,6 +334,21 @@ class GraphLayout:
         """The logit margin of the event's true class, ``(2y - 1) z`` (0 in empty slots)."""
         z = self.model.apply(params, ex.graphs)
         return jnp.where(ex.graph_mask, (2.0 * ex.labels - 1.0) * z, 0.0).sum()
+
+    @staticmethod
+    def row_masks(ex: Batch) -> dict[tuple[int, ...], Any]:
+        """The event's rows by leading shape (graph 0 of the padded example): nodes ``(N,)``,
+        edges ``(E,)``, graphs ``(2,)``; a shape two of them share is left out (its rows are
+        then told by their gradient alone, :func:`hepattr_jax.capture.layer_rows`)."""
+        gr = ex.graphs
+        n, e, g = gr.nodes.shape[0], gr.senders.shape[0], gr.n_node.shape[0]
+        masks = [
+            ((n,), jnp.arange(n) < gr.n_node[0]),
+            ((e,), jnp.arange(e) < gr.n_edge[0]),
+            ((g,), (jnp.arange(g) == 0) & ex.graph_mask[0]),
+        ]
+        shapes = [k for k, _ in masks]
+        return {k: m for k, m in masks if shapes.count(k) == 1}
 
     @staticmethod
     def grown(ex: Batch) -> Batch:
@@ -538,6 +564,59 @@ def layer_energy_kernel(layout, output: str = "loss") -> Callable:
             if spec.rest:
                 blocks.append(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, 1) for g in caps.rest))
             return jnp.stack(blocks)
+
+        return jax.lax.map(one_checkpoint, params_k)
+
+    return f
+
+
+FISHERS = ("true", "empirical")
+
+
+def fisher_weight(margin: jax.Array, fisher: str) -> jax.Array:
+    """Each event's Fisher weight of the binary cross-entropy from its logit margin ``m = (2y -
+    1) z``: ``"true"`` ``sigma(z) sigma(-z)`` (the expectation over labels drawn from the model:
+    the Gauss-Newton weight), ``"empirical"`` ``(sigma(z) - y)^2 = sigma(-m)^2`` (the observed
+    label's squared loss gradient)."""
+    if fisher == "true":
+        return jax.nn.sigmoid(margin) * jax.nn.sigmoid(-margin)
+    if fisher == "empirical":
+        return jax.nn.sigmoid(-margin) ** 2
+    raise ConfigError(f"fisher {fisher!r}: use one of {FISHERS}")
+
+
+@functools.lru_cache(maxsize=32)
+def layer_statistics_kernel(layout, fisher: str = "true") -> Callable:
+    """Jitted ``f(params_k [K,...], (chunk [C,...], weight [C])) -> [K, F]``: per checkpoint the
+    chunk's weighted sums of every dense layer's :class:`~hepattr_jax.capture.LayerMoments`
+    (``a_expand, s_expand, a_reduce, s_reduce`` flattened, then ``rows``; layers in capture
+    order), then per uncovered parameter leaf ``sum c g^2`` (its diagonal Fisher), then the
+    weight sum and ``sum c``. One capture pass of the logit margin per event; ``c`` is
+    :func:`fisher_weight`. Unpacked by :func:`hepattr_jax.kfac.unpack_statistics`."""
+    from hepattr_jax.capture import layer_moments, site_masks
+
+    fisher_weight(jnp.zeros(()), fisher)  # checks the name
+    fn = layout.margin_one
+
+    @jax.jit
+    def f(params_k, data):
+        chunk, weight = data
+
+        def one_checkpoint(params):
+            spec, caps = _chunk_captures(fn, params, chunk)
+            c = fisher_weight(caps.value, fisher)
+            known = jax.vmap(lambda e: site_masks(spec, layout.row_masks(e)))(chunk)
+            parts = []
+            for layer in spec.layers:
+
+                def moments(cap, ci, kn, layer=layer):
+                    return layer_moments(spec, layer, cap, ci, kn)
+
+                mom = jax.vmap(moments)(caps, c, known)
+                parts += [jnp.tensordot(weight, x, axes=1).ravel() for x in mom]
+            parts += [jnp.tensordot(weight * c, g**2, axes=1).ravel() for g in caps.rest]
+            parts.append(jnp.stack([weight.sum(), (weight * c).sum()]))
+            return jnp.concatenate(parts)
 
         return jax.lax.map(one_checkpoint, params_k)
 

@@ -207,6 +207,68 @@ def scored_self_influence(
     )
 
 
+def scored_layer_statistics(
+    run: Run,
+    store_dir: str | Path,
+    *,
+    split: str = "train",
+    fisher: str = "true",
+    chunk_size: int = 64,
+    progress: bool = True,
+    allow_environment_change: bool = False,
+    mesh=None,
+    shard: Shard | None = None,
+):
+    """Every dense layer's Kronecker-factor statistics over ``run``'s ``split`` events at each
+    checkpoint (:func:`hepattr_jax.kfac.layer_statistics`), their own store entry (kind
+    ``layer_statistics``): each chunk's sum written atomically, resumed after a crash (bit for
+    bit the uninterrupted result), finished as ``layer_statistics.npz`` (the arrays of
+    :meth:`~hepattr_jax.kfac.LayerStatistics.to_arrays` and ``event_ids``) and read back from
+    it. ``fisher``, ``mesh``, ``shard``: as for :func:`scored_self_influence`."""
+    from hepattr_jax import kfac
+    from hepattr_jax.per_example import layout_for
+
+    gs = split_of(run, split)
+    layout = layout_for(run.model, gs)
+    meta = run_meta(run, "layer_statistics", gs, split=split, chunk_size=chunk_size, layout=layout)
+    meta["fisher"] = fisher
+
+    def compute(store, skip):
+        kfac.layer_statistics(
+            layout,
+            run.checkpoints,
+            gs,
+            fisher=fisher,
+            chunk_size=chunk_size,
+            progress=progress,
+            on_chunk=lambda i, p, v: store.write_chunk(i, p, v, total=True),
+            skip_chunk=skip,
+            mesh=mesh,
+            unpack=False,
+        )
+
+    def finish(store, indices):
+        first = run.checkpoints.at(0)
+        spec = kfac.capture_spec(layout, first, gs)
+        stats = kfac.unpack_statistics(spec, store.sum_totals(len(gs)), fisher)
+        ids = np.asarray(gs.events.ids, np.int64)
+        store.finalize({**stats.to_arrays(), "event_ids": ids}, npz="layer_statistics")
+        return stats
+
+    def from_done(done):
+        return kfac.LayerStatistics.from_arrays(done.arrays)
+
+    return _score(
+        store_dir,
+        meta,
+        compute,
+        finish,
+        from_done,
+        shard=shard,
+        allow_environment_change=allow_environment_change,
+    )
+
+
 def _train_test_meta(run, kind, test_split, chunk_size, test_block, layout, **extra) -> dict:
     train, test = split_of(run, "train"), split_of(run, test_split)
     meta = run_meta(run, kind, train, split="train", chunk_size=chunk_size, layout=layout)

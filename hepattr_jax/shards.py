@@ -176,7 +176,7 @@ def _unreadable(shard_dir: Path, chunks: np.ndarray) -> dict[int, StoreError]:
     out = {}
     for c in chunks.tolist():
         try:
-            reader.read_chunk(c)
+            reader.read_chunk_entry(c)
         except StoreError as e:
             out[int(c)] = e
     return out
@@ -306,7 +306,8 @@ def copy_shard_chunks(
             if st.has(c):
                 continue
             reader = readers.setdefault(d, ScoreStore.reader(d))
-            st.write_chunk(c, *reader.read_chunk(c))
+            pos, values, total = reader.read_chunk_entry(c)
+            st.write_chunk(c, pos, values, total=total)
             n += 1
     return n
 

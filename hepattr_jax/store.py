@@ -285,16 +285,20 @@ class ScoreStore:
     def has(self, index: int) -> bool:
         return int(index) in self._done
 
-    def write_chunk(self, index: int, positions: np.ndarray, values: np.ndarray) -> None:
+    def write_chunk(
+        self, index: int, positions: np.ndarray, values: np.ndarray, *, total: bool = False
+    ) -> None:
         """Writes chunk ``index`` atomically: ``positions`` int ``[c]`` into the scored set and
-        ``values`` ``[..., c]`` (e.g. ``[K, c]``: one row per checkpoint)."""
+        ``values`` ``[..., c]`` (e.g. ``[K, c]``: one row per checkpoint), or with ``total`` a
+        sum over the chunk's events of any shape (statistics accumulated in one pass:
+        :meth:`sum_totals` adds them up)."""
         if self._lock_fd is None and _HAS_FCNTL:
             raise StoreError(f"{self.directory}: store is closed")
         positions = np.asarray(positions)
         values = np.asarray(values)
         if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
             raise StoreError(f"{self.directory}: chunk {index}: positions must be 1-D integers")
-        if values.ndim == 0 or values.shape[-1] != positions.shape[0]:
+        if not total and (values.ndim == 0 or values.shape[-1] != positions.shape[0]):
             raise StoreError(
                 f"{self.directory}: chunk {index}: values {values.shape} do not end in "
                 f"len(positions) = {positions.shape[0]}"
@@ -304,30 +308,45 @@ class ScoreStore:
                 f"{self.directory}: chunk {index}: values are {values.dtype}, the store holds "
                 f"{self.dtype}"
             )
-        data = npz_bytes(
-            {
-                "index": np.int64(index),
-                "positions": positions.astype(np.int64),
-                "values": np.ascontiguousarray(values, self.dtype),
-                "meta_sha": np.str_(self.meta_sha),
-            }
-        )
+        fields = {
+            "index": np.int64(index),
+            "positions": positions.astype(np.int64),
+            "values": np.ascontiguousarray(values, self.dtype),
+            "meta_sha": np.str_(self.meta_sha),
+        }
+        if total:
+            fields["total"] = np.bool_(True)
+        data = npz_bytes(fields)
         atomic_write_bytes(self.chunk_path(index), data)
         self._done.add(int(index))
         self.n_written += 1
 
-    def read_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(positions, values)`` of chunk ``index``; StoreError naming the file if unreadable."""
+    def read_chunk(self, index: int, *, total: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions, values)`` of chunk ``index``; StoreError naming the file if unreadable,
+        or if it is a chunk total (:meth:`write_chunk`) where per-event values were expected,
+        or the other way round (``total``)."""
+        pos, vals, is_total = self.read_chunk_entry(index)
+        if is_total != total:
+            what = ("per-event values", "a chunk total")
+            raise StoreError(
+                f"{self.chunk_path(index)}: holds {what[is_total]}, expected {what[total]}"
+            )
+        return pos, vals
+
+    def read_chunk_entry(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """``(positions, values, total)`` of chunk ``index`` whichever kind it is (what copying
+        chunks between stores needs); StoreError naming the file if unreadable."""
         path = self.chunk_path(index)
         try:
             return self._load_chunk(path, int(index))
         except _BadChunk as e:
             raise StoreError(f"{path}: {e}") from None
 
-    def _load_chunk(self, path: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load_chunk(self, path: Path, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
         try:
             with np.load(path, allow_pickle=False) as z:
                 fields = {k: z[k] for k in ("index", "positions", "values", "meta_sha")}
+                is_total = bool(z["total"]) if "total" in z.files else False
         except FileNotFoundError:
             raise _BadChunk("missing") from None
         except (zipfile.BadZipFile, KeyError, ValueError, EOFError, OSError) as e:
@@ -343,12 +362,14 @@ class ScoreStore:
             raise _BadChunk(f"holds index {fields['index']}, expected {index}")
         if pos.ndim != 1 or pos.dtype != np.int64:
             raise _BadChunk(f"positions are {pos.dtype}{list(pos.shape)}, expected int64 [c]")
-        if vals.dtype != self.dtype or vals.ndim == 0 or vals.shape[-1] != pos.shape[0]:
+        if vals.dtype != self.dtype or (
+            not is_total and (vals.ndim == 0 or vals.shape[-1] != pos.shape[0])
+        ):
             raise _BadChunk(
                 f"values are {vals.dtype}{list(vals.shape)}, expected {self.dtype} [..., "
                 f"{pos.shape[0]}]"
             )
-        return pos, vals
+        return pos, vals, is_total
 
     def _scan_chunks(self) -> set[int]:
         """Valid chunk indices on disk; stale temp files are removed, damaged chunks set aside."""
@@ -422,6 +443,40 @@ class ScoreStore:
                 f"{self.directory}: {len(missing)} of {n_events} positions are in no chunk "
                 f"(first: {missing[:20].tolist()}); the scoring run has not finished - rerun it "
                 "to resume"
+            )
+        twice = np.flatnonzero(count > 1)
+        if len(twice):
+            raise StoreError(
+                f"{self.directory}: positions covered by more than one chunk: {twice[:20].tolist()}"
+            )
+        return out
+
+    def sum_totals(self, n_events: int) -> np.ndarray:
+        """The sum of every chunk total (:meth:`write_chunk` with ``total``), added in chunk
+        order (so a resumed result equals an uninterrupted one bit for bit), checking that every
+        position is covered exactly once.
+
+        Raises:
+          StoreError: as :meth:`assemble`, or a chunk of per-event values among the totals.
+        """
+        count = np.zeros(n_events, np.int64)
+        out = None
+        for index in sorted(self._done):
+            pos, vals = self.read_chunk(index, total=True)
+            if out is not None and vals.shape != out.shape:
+                raise StoreError(
+                    f"{self.chunk_path(index)}: total {list(vals.shape)} does not match the "
+                    f"others {list(out.shape)}"
+                )
+            if len(pos) and (pos.min() < 0 or pos.max() >= n_events):
+                raise StoreError(f"{self.chunk_path(index)}: positions outside [0, {n_events})")
+            out = vals.copy() if out is None else out + vals
+            np.add.at(count, pos, 1)
+        missing = np.flatnonzero(count == 0)
+        if len(missing) or out is None:
+            raise StoreError(
+                f"{self.directory}: {len(missing)} of {n_events} positions are in no chunk "
+                f"(first: {missing[:20].tolist()}); the run has not finished - rerun it to resume"
             )
         twice = np.flatnonzero(count > 1)
         if len(twice):

@@ -314,3 +314,29 @@ def test_trak_cli_equals_direct_trak_and_keeps_its_stores(ws):
         check=False,
     )
     assert bad.returncode == 2 and "damping" in bad.stderr
+
+
+def test_layer_stats_cli_equals_the_direct_call(ws, capsys):
+    """``hepattr influence layer-stats`` (in process: the command's parsing, store and report)
+    against ``kfac.layer_statistics`` on the loaded run, bitwise (same kernels and chunks)."""
+    from hepattr_jax import kfac
+    from hepattr_jax.cli import main
+    from hepattr_jax.per_example import layout_for
+    from hepattr_jax.runs import load_run
+
+    out = ws.root / "layer_stats"
+    argv = ["influence", "layer-stats", str(ws.run_dir), "--chunk-size", "32", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out.resolve()) in printed and "params/" in printed
+    got = kfac.LayerStatistics.from_arrays(read_result(out).arrays)
+    run = load_run(ws.run_dir)
+    gs = run.data.train
+    want = kfac.layer_statistics(
+        layout_for(run.model, gs), run.checkpoints, gs, chunk_size=32, progress=False
+    )
+    assert got.kernels == want.kernels and got.n_events == len(gs) == want.n_events
+    for field in (*kfac.MOMENTS, "rest_diag"):
+        for a, b in zip(getattr(got, field), getattr(want, field), strict=True):
+            assert a.tobytes() == b.tobytes(), field
+    assert read_result(out).meta["fisher"] == "true"

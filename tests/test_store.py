@@ -548,3 +548,63 @@ def test_interrupted_matrix_and_top_k_resume_to_the_uninterrupted_result(
         np.testing.assert_array_equal(direct.proponents, want.proponents)
         np.testing.assert_array_equal(direct.opponents, want.opponents)
         assert direct.proponent_scores.tobytes() == want.proponent_scores.tobytes()
+
+
+# --------------------------------------------------------------------- layer statistics
+def test_interrupted_layer_statistics_resume_to_the_uninterrupted_result(
+    toy_run, tmp_path, monkeypatch
+):
+    """Layer statistics are their own store entry of chunk totals: write_chunk raises after 3
+    chunks; the rerun writes only the rest, leaves the first 3 untouched, and its
+    layer_statistics.npz is byte-identical to an uninterrupted run's; the numbers equal the
+    direct ``kfac.layer_statistics`` call bitwise, and a finished store is read back."""
+    from hepattr_jax import kfac
+    from hepattr_jax.scoring import scored_layer_statistics
+
+    gs, chunk = toy_run.data.train, 4
+    real_write = ScoreStore.write_chunk
+    writes = []
+    crash_after = 3
+
+    def counting(self, index, positions, values, *, total=False):
+        if crash_after is not None and len(writes) == crash_after:
+            raise RuntimeError("simulated crash")
+        writes.append(index)
+        real_write(self, index, positions, values, total=total)
+
+    monkeypatch.setattr(ScoreStore, "write_chunk", counting)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        scored_layer_statistics(toy_run, tmp_path / "killed", chunk_size=chunk, progress=False)
+    first = chunk_stats(tmp_path / "killed")
+    assert len(first) == 3 and not (tmp_path / "killed" / "result.json").exists()
+
+    writes.clear()
+    crash_after = None
+    resumed = scored_layer_statistics(
+        toy_run, tmp_path / "killed", chunk_size=chunk, progress=False
+    )
+    n_chunks = len(chunk_stats(tmp_path / "killed"))
+    assert len(writes) == n_chunks - 3 and not set(writes) & {0, 1, 2}
+    after = chunk_stats(tmp_path / "killed")
+    assert all(after[name] == st for name, st in first.items())  # not rewritten
+    writes.clear()
+    scored_layer_statistics(toy_run, tmp_path / "whole", chunk_size=chunk, progress=False)
+    assert len(writes) == n_chunks
+    name = "layer_statistics.npz"
+    assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+    direct = kfac.layer_statistics(
+        layout_for(toy_run.model, gs), toy_run.checkpoints, gs, chunk_size=chunk, progress=False
+    )
+    assert resumed.n_events == len(gs) and resumed.kernels == direct.kernels
+    for field in kfac.MOMENTS:
+        for a, b in zip(getattr(resumed, field), getattr(direct, field), strict=True):
+            assert a.shape[0] == len(toy_run.checkpoints)
+            assert a.tobytes() == b.tobytes(), field
+    back = scored_layer_statistics(toy_run, tmp_path / "whole", chunk_size=chunk, progress=False)
+    assert back.a_expand[0].tobytes() == direct.a_expand[0].tobytes()
+    arrays = read_result(tmp_path / "whole").arrays
+    np.testing.assert_array_equal(arrays["event_ids"], gs.events.ids)
+    # A store of per-event scores is not read as totals, nor the other way round.
+    with pytest.raises(StoreError, match="holds a chunk total, expected per-event values"):
+        ScoreStore.reader(tmp_path / "whole").read_chunk(0)

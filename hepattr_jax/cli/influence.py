@@ -1,9 +1,13 @@
-"""``hepattr influence {self,matrix,topk,trak} RUN_DIR``: attribution scores of finished runs.
+"""``hepattr influence {self,layer-stats,matrix,topk,trak} RUN_DIR``: attribution scores of
+finished runs.
 
 * ``self``: self-influence of every event of a split (default train), chunk by chunk into a
   resumable score store: a killed run, started again with the same arguments, computes only the
   chunks not yet on disk. Writes ``scores.npy`` ``[N]``, ``scores_per_checkpoint.npy`` ``[K, N]``
   and ``event_ids.npy``.
+* ``layer-stats``: every dense layer's Kronecker-factor statistics (input and output-gradient
+  second moments, weighted per graph; :mod:`hepattr_jax.kfac`) at each checkpoint in one pass, as
+  ``layer_statistics.npz``; resumable (each chunk's sum is stored).
 * ``matrix``: the ``[N_train, N_test]`` influence matrix as ``influence.npy`` with
   ``event_ids.npy`` (rows, train) and ``test_event_ids.npy`` (columns); resumable (one store
   chunk per test block and train chunk).
@@ -45,7 +49,8 @@ N_SHOWN = 5
 
 
 def add_parser(subparsers) -> None:
-    """Adds ``influence`` with its ``self``, ``matrix``, ``topk`` and ``trak`` subcommands."""
+    """Adds ``influence`` with its ``self``, ``layer-stats``, ``matrix``, ``topk``, ``trak`` and
+    ``merge`` subcommands."""
     p = subparsers.add_parser(
         "influence",
         help="influence scores of a training run: TracIn (self, matrix, topk) and TRAK (trak)",
@@ -74,6 +79,25 @@ def add_parser(subparsers) -> None:
     common(s)
     s.add_argument("--split", choices=SPLITS, default="train", help="events to score")
     s.set_defaults(func=_cmd_self)
+
+    ls = sub.add_parser(
+        "layer-stats",
+        help="per-layer Kronecker-factor statistics (K-FAC/EK-FAC) of a split, one pass "
+        "(resumable)",
+        description="For every dense layer, the input and output-gradient second moments at each "
+        "checkpoint, weighted per graph (expand and reduce; docs/per_layer.md), written to "
+        "OUT/layer_statistics.npz.",
+    )
+    common(ls)
+    ls.add_argument("--split", choices=SPLITS, default="train", help="events averaged")
+    ls.add_argument(
+        "--fisher",
+        choices=("true", "empirical"),
+        default="true",
+        help="per-event weight: the true Fisher of the cross-entropy sigma(z) sigma(-z) "
+        "(default) or the empirical (sigma(z) - y)^2",
+    )
+    ls.set_defaults(func=_cmd_layer_stats)
 
     for name, fn, what in (
         ("matrix", _cmd_matrix, "the N_train x N_test influence matrix"),
@@ -290,6 +314,30 @@ def _cmd_self(args) -> int:
     return 0
 
 
+def _cmd_layer_stats(args) -> int:
+    from hepattr_jax.scoring import scored_layer_statistics
+    from hepattr_jax.shards import ShareComplete
+
+    shard, mesh = _start_processes(args)
+    run = _load(args)
+    out = args.out or args.run_dir / "influence" / f"layer_statistics_{args.split}"
+    try:
+        st = scored_layer_statistics(
+            run, out, split=args.split, fisher=args.fisher, **_scoring(args, shard, mesh)
+        )
+    except ShareComplete as e:
+        return _share_done(e)
+    print(
+        f"layer statistics of {st.n_events} {args.split} events over {len(st.mean_weight)} "
+        f"checkpoints ({args.fisher} Fisher) -> {Path(out).resolve()}"
+    )
+    print(f"  {'layer':<40} {'m':>5} {'p':>5} {'rows/event':>10}")
+    for i, kernel in enumerate(st.kernels):
+        m, p = st.a_expand[i].shape[-1], st.s_expand[i].shape[-1]
+        print(f"  {kernel:<40} {m:>5d} {p:>5d} {st.rows[-1, i]:>10.2f}")
+    return 0
+
+
 def _cmd_matrix(args) -> int:
     from hepattr_jax.scoring import scored_influence_matrix
     from hepattr_jax.shards import ShareComplete
@@ -426,13 +474,23 @@ def _cmd_merge(args) -> int:
     from hepattr_jax import shards
     from hepattr_jax.errors import ConfigError
     from hepattr_jax.runs import load_run
-    from hepattr_jax.scoring import scored_influence_matrix, scored_self_influence, scored_top_k
+    from hepattr_jax.scoring import (
+        scored_influence_matrix,
+        scored_layer_statistics,
+        scored_self_influence,
+        scored_top_k,
+    )
 
     store = Path(args.store)
     checked = shards.check_shards(store, shard_dirs=args.shards)
     meta = checked.meta
     kind = meta["kind"]
-    kinds = {"self_influence": "self", "influence_matrix": "matrix", "top_k": "topk"}
+    kinds = {
+        "self_influence": "self",
+        "influence_matrix": "matrix",
+        "top_k": "topk",
+        "layer_statistics": "layer-stats",
+    }
     if kind not in kinds:
         raise ConfigError(
             f"{store}: shards of a {kind!r} store; merge those by rerunning their command "
@@ -452,6 +510,8 @@ def _cmd_merge(args) -> int:
     )
     if kind == "self_influence":
         scored_self_influence(run, store, split=meta["split"], **common)
+    elif kind == "layer_statistics":
+        scored_layer_statistics(run, store, split=meta["split"], fisher=meta["fisher"], **common)
     elif kind == "influence_matrix":
         scored_influence_matrix(
             run, store, test_split=meta["test_split"], test_block=int(meta["test_block"]), **common

@@ -1,0 +1,209 @@
+"""Layer statistics for Kronecker-factored curvature (K-FAC, EK-FAC) on graph models.
+
+For every dense layer of any flax model (:mod:`hepattr_jax.capture`: each ``nn.Dense`` call and
+each :func:`~hepattr_jax.capture.kernel_rows` use), one pass over a set of events accumulates,
+at every checkpoint, the input and output-gradient second moments the layer's Kronecker factors
+are made of, weighted per *graph* as the per-graph gradient ``G = sum_t a_t delta_t^T`` requires
+(a graph's rows are its nodes, edges or pooled row, never an example each):
+
+* ``expand``: ``A = E_g[(1/T_g) sum_t a_t a_t^T]``, ``S = E_g[c_g sum_t delta_t delta_t^T]``;
+* ``reduce``: ``A = E_g[abar_g abar_g^T]`` (row mean), ``S = E_g[c_g dbar_g dbar_g^T]`` (row sum);
+
+with ``a_t`` the row's input and a 1 for the bias, ``delta_t`` the gradient of the event's logit
+at the row's output, ``c_g`` the event's Fisher weight (:func:`hepattr_jax.per_example.
+fisher_weight`: the true Fisher of the binary cross-entropy by default) and ``E_g`` the mean
+over events (see :func:`hepattr_jax.capture.layer_moments`). For a layer after pooling (one row
+per graph) both are the plain K-FAC factors. Padding rows never enter (a bucket's padding does
+not change any figure). Parameters no dense layer covers (LayerNorm scales, tokens) get their
+diagonal Fisher ``E_g[c_g g^2]``.
+
+The pass streams through :mod:`hepattr_jax.engine` with chunk totals; with a store
+(:func:`hepattr_jax.scoring.scored_layer_statistics`) every chunk's sum is written atomically,
+a killed run resumes, and the result equals an uninterrupted run's bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from hepattr_jax.engine import stream
+from hepattr_jax.errors import ConfigError
+from hepattr_jax.graphs import GraphSet
+from hepattr_jax.per_example import check_layerwise, layer_statistics_kernel
+
+MOMENTS = ("a_expand", "s_expand", "a_reduce", "s_reduce")
+
+
+class LayerStatistics(NamedTuple):
+    """Per-layer Kronecker-factor statistics at ``K`` checkpoints (means over ``n_events``).
+
+    Attributes:
+      kernels: per layer the kernel's parameter path (``"params/…/kernel"``), capture order.
+      biases: per layer the bias path, or ``""`` for a layer without one.
+      a_expand, a_reduce: per layer ``[K, m, m]`` (``m`` kernel rows, then the bias row).
+      s_expand, s_reduce: per layer ``[K, p, p]``.
+      rows: ``[K, L]`` the mean rows per event of each layer (padding excluded).
+      rest: the uncovered parameters' paths; ``rest_diag`` their diagonal Fisher ``[K, *shape]``.
+      n_events: events averaged; ``mean_weight``: ``[K]`` mean Fisher weight ``c``.
+      fisher: ``"true"`` or ``"empirical"``.
+    """
+
+    kernels: tuple[str, ...]
+    biases: tuple[str, ...]
+    a_expand: tuple[np.ndarray, ...]
+    s_expand: tuple[np.ndarray, ...]
+    a_reduce: tuple[np.ndarray, ...]
+    s_reduce: tuple[np.ndarray, ...]
+    rows: np.ndarray
+    rest: tuple[str, ...]
+    rest_diag: tuple[np.ndarray, ...]
+    n_events: int
+    mean_weight: np.ndarray
+    fisher: str
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Flat named arrays (what the store keeps); :meth:`from_arrays` inverts it."""
+        out: dict[str, np.ndarray] = {
+            "kernels": np.array(self.kernels, dtype=str),
+            "biases": np.array(self.biases, dtype=str),
+            "rest": np.array(self.rest, dtype=str),
+            "rows": self.rows,
+            "n_events": np.asarray(self.n_events, np.int64),
+            "mean_weight": self.mean_weight,
+            "fisher": np.asarray(self.fisher, dtype=str),
+        }
+        for name in MOMENTS:
+            for i, x in enumerate(getattr(self, name)):
+                out[f"{name}_{i:03d}"] = x
+        for i, x in enumerate(self.rest_diag):
+            out[f"rest_diag_{i:03d}"] = x
+        return out
+
+    @classmethod
+    def from_arrays(cls, a) -> LayerStatistics:
+        n_layers, n_rest = len(a["kernels"]), len(a["rest"])
+        moments = {
+            name: tuple(np.asarray(a[f"{name}_{i:03d}"]) for i in range(n_layers))
+            for name in MOMENTS
+        }
+        return cls(
+            kernels=tuple(str(k) for k in a["kernels"]),
+            biases=tuple(str(b) for b in a["biases"]),
+            rows=np.asarray(a["rows"]),
+            rest=tuple(str(r) for r in a["rest"]),
+            rest_diag=tuple(np.asarray(a[f"rest_diag_{i:03d}"]) for i in range(n_rest)),
+            n_events=int(a["n_events"]),
+            mean_weight=np.asarray(a["mean_weight"]),
+            fisher=str(a["fisher"]),
+            **moments,
+        )
+
+
+def capture_spec(layout, params, gs: GraphSet):
+    """The capture spec of the margin at ``params`` on one event (layer sizes and order do
+    not depend on the bucket)."""
+    from hepattr_jax.capture import discover
+
+    chunk = next(iter(layout.chunks(gs, 1, np.array([0]))))
+    ex = jax.tree_util.tree_map(lambda x: x[0], chunk.data)
+    return discover(layout.margin_one, params, ex)
+
+
+def unpack_statistics(spec, total: np.ndarray, fisher: str) -> LayerStatistics:
+    """:class:`LayerStatistics` from the summed ``[K, F]`` chunk totals of
+    :func:`hepattr_jax.per_example.layer_statistics_kernel` (divided by the event count)."""
+    total = np.asarray(total, np.float64)
+    n = total[:, -2]
+    if np.any(n <= 0):
+        raise ConfigError("layer statistics: no events")
+    k, off = total.shape[0], 0
+    moments: dict[str, list] = {name: [] for name in MOMENTS}
+    rows = []
+
+    def take(shape):
+        nonlocal off
+        size = int(np.prod(shape))
+        x = total[:, off : off + size].reshape(k, *shape) / n.reshape(-1, *([1] * len(shape)))
+        off += size
+        return x
+
+    for layer in spec.layers:
+        m, p = layer.m, layer.p
+        for name, shape in zip(MOMENTS, ((m, m), (p, p), (m, m), (p, p)), strict=True):
+            moments[name].append(take(shape))
+        rows.append(take(()))
+    rest_diag = tuple(take(shape) for shape in spec.rest_shapes)
+    if off != total.shape[1] - 2:
+        raise ConfigError(
+            f"layer statistics: {total.shape[1]} packed values, the model's layers need {off + 2}"
+        )
+    return LayerStatistics(
+        kernels=tuple("/".join(layer.kernel) for layer in spec.layers),
+        biases=tuple("/".join(layer.bias) if layer.bias else "" for layer in spec.layers),
+        rows=np.stack(rows, axis=1) if rows else np.zeros((k, 0)),
+        rest=tuple("/".join(p) for p in spec.rest),
+        rest_diag=rest_diag,
+        n_events=int(round(n[0])),
+        mean_weight=total[:, -1] / n,
+        fisher=fisher,
+        **{name: tuple(v) for name, v in moments.items()},
+    )
+
+
+def layer_statistics(
+    layout,
+    ckpts,
+    gs: GraphSet,
+    *,
+    fisher: str = "true",
+    chunk_size: int = 64,
+    positions: np.ndarray | None = None,
+    progress: bool = True,
+    on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    skip_chunk: Callable[[int], bool] | None = None,
+    mesh=None,
+    unpack: bool = True,
+) -> LayerStatistics | np.ndarray | None:
+    """Every dense layer's Kronecker-factor statistics over the events of ``gs`` (or
+    ``positions`` into it) at every checkpoint of ``ckpts`` (:class:`hepattr_jax.tracin.
+    Checkpoints`), in one pass (see the module docstring).
+
+    Before the pass the captured layers are checked against ``jax.grad`` of the margin on the
+    set's largest event (:func:`hepattr_jax.per_example.check_layerwise`). ``on_chunk`` /
+    ``skip_chunk``: a store's resume hooks (chunk totals, :meth:`hepattr_jax.store.ScoreStore.
+    write_chunk` with ``total=True``); with ``unpack=False`` the raw ``[K, F]`` sum of the
+    chunks computed here is returned, None if every chunk was skipped (a store sums its own
+    chunk totals)."""
+    from hepattr_jax.sharding import replicate
+
+    if len(gs) == 0:
+        raise ConfigError("layer statistics: no events")
+    check_layerwise(layout, ckpts.params, gs, "margin")
+    kernel = layer_statistics_kernel(layout, fisher)
+    params = replicate(ckpts.params, mesh)
+    total = None
+    for _, _, vals in stream(
+        layout,
+        gs,
+        lambda data: kernel(params, data),
+        chunk_size=chunk_size,
+        positions=positions,
+        desc="layer statistics",
+        progress=progress,
+        on_chunk=(lambda i, p, v: on_chunk(i, p, v.astype(np.float64))) if on_chunk else None,
+        skip_chunk=skip_chunk,
+        mesh=mesh,
+        totals=True,
+    ):
+        part = vals.astype(np.float64)
+        total = part if total is None else total + part
+    if not unpack:
+        return total
+    if total is None:
+        raise ConfigError("layer statistics: every chunk was skipped")
+    spec = capture_spec(layout, ckpts.at(0), gs)
+    return unpack_statistics(spec, total, fisher)
