@@ -474,3 +474,28 @@ def layer_moments(
         s_reduce=c * jnp.outer(dbar, dbar),
         rows=t,
     )
+
+
+def chunk_layer_moments(
+    spec: CaptureSpec, layer: Layer, caps: Capture, c: jax.Array, weight: jax.Array, known=None
+) -> LayerMoments:
+    """``sum_g weight_g * layer_moments(event g)`` over a chunk's captures (leading axis ``C``),
+    each sum as one matmul over the chunk's rows ``[C T, m]`` instead of ``C`` per-event
+    products (the fast path of :func:`layer_moments`, which the tests compare it with)."""
+    a, d, real = jax.vmap(lambda cap, kn: layer_rows(spec, layer, cap, kn))(caps, known)
+    w = real.astype(a.dtype)  # [C, T]
+    t = w.sum(1)
+    inv = weight / jnp.maximum(t, 1.0)  # [C]
+    aw = a * w[..., None]
+    abar = aw.sum(1) / jnp.maximum(t, 1.0)[:, None]  # [C, m]
+    dbar = d.sum(1)  # [C, p]
+    m, p = a.shape[-1], d.shape[-1]
+    rows_a = (aw * inv[:, None, None]).reshape(-1, m)
+    rows_d = d * (weight * c)[:, None, None]
+    return LayerMoments(
+        a_expand=rows_a.T @ a.reshape(-1, m),
+        s_expand=rows_d.reshape(-1, p).T @ d.reshape(-1, p),
+        a_reduce=(abar * weight[:, None]).T @ abar,
+        s_reduce=(dbar * (weight * c)[:, None]).T @ dbar,
+        rows=weight @ t,
+    )

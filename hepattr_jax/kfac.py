@@ -103,14 +103,29 @@ class LayerStatistics(NamedTuple):
         )
 
 
+_SPECS: dict = {}
+
+
 def capture_spec(layout, params, gs: GraphSet):
-    """The capture spec of the margin at ``params`` on one event (layer sizes and order do
-    not depend on the bucket)."""
+    """The capture spec of the margin at ``params`` on one event of ``gs``: what unpacking
+    needs (layer sizes and order, the rest's shapes), which does not depend on the bucket, so
+    it is traced once per layout, parameter shapes and input widths (an abstract trace of the
+    model costs tens of milliseconds, a small set's whole pass)."""
     from hepattr_jax.capture import discover
 
-    chunk = next(iter(layout.chunks(gs, 1, np.array([0]))))
-    ex = jax.tree_util.tree_map(lambda x: x[0], chunk.data)
-    return discover(layout.margin_one, params, ex)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    key = (
+        layout,
+        treedef,
+        tuple((tuple(x.shape), str(x.dtype)) for x in leaves),
+        gs.events.n_features,
+        gs.events.n_globals,
+    )
+    if key not in _SPECS:
+        chunk = next(iter(layout.chunks(gs, 1, np.array([0]))))
+        ex = jax.tree_util.tree_map(lambda x: x[0], chunk.data)
+        _SPECS[key] = discover(layout.margin_one, params, ex)
+    return _SPECS[key]
 
 
 def unpack_statistics(spec, total: np.ndarray, fisher: str) -> LayerStatistics:

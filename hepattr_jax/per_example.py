@@ -589,11 +589,12 @@ def fisher_weight(margin: jax.Array, fisher: str) -> jax.Array:
 def layer_statistics_kernel(layout, fisher: str = "true") -> Callable:
     """Jitted ``f(params_k [K,...], (chunk [C,...], weight [C])) -> [K, F]``: per checkpoint the
     chunk's weighted sums of every dense layer's :class:`~hepattr_jax.capture.LayerMoments`
+    (:func:`~hepattr_jax.capture.chunk_layer_moments`)
     (``a_expand, s_expand, a_reduce, s_reduce`` flattened, then ``rows``; layers in capture
     order), then per uncovered parameter leaf ``sum c g^2`` (its diagonal Fisher), then the
     weight sum and ``sum c``. One capture pass of the logit margin per event; ``c`` is
     :func:`fisher_weight`. Unpacked by :func:`hepattr_jax.kfac.unpack_statistics`."""
-    from hepattr_jax.capture import layer_moments, site_masks
+    from hepattr_jax.capture import chunk_layer_moments, site_masks
 
     fisher_weight(jnp.zeros(()), fisher)  # checks the name
     fn = layout.margin_one
@@ -608,12 +609,8 @@ def layer_statistics_kernel(layout, fisher: str = "true") -> Callable:
             known = jax.vmap(lambda e: site_masks(spec, layout.row_masks(e)))(chunk)
             parts = []
             for layer in spec.layers:
-
-                def moments(cap, ci, kn, layer=layer):
-                    return layer_moments(spec, layer, cap, ci, kn)
-
-                mom = jax.vmap(moments)(caps, c, known)
-                parts += [jnp.tensordot(weight, x, axes=1).ravel() for x in mom]
+                mom = chunk_layer_moments(spec, layer, caps, c, weight, known)
+                parts += [x.ravel() for x in mom]
             parts += [jnp.tensordot(weight * c, g**2, axes=1).ravel() for g in caps.rest]
             parts.append(jnp.stack([weight.sum(), (weight * c).sum()]))
             return jnp.concatenate(parts)

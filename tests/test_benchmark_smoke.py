@@ -179,3 +179,23 @@ def test_every_models_hand_count_against_xla(edges):
         hand = float(grad_flops(model, n, int(train.n_edge[0]), spec.n_features))
         lo, hi = XLA_OVER_HAND
         assert lo < xla / hand < hi, (name, edges, xla / hand)
+
+
+@pytest.mark.slow  # end-to-end: make test runs it, make test-fast not
+def test_layer_statistics_benchmark_quick_preset_writes_results(tmp_path):
+    from benchmarks.layer_statistics import main as stats_main
+
+    res = stats_main(["--preset", "quick", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("layer_statistics_quick_*.json")
+    on_disk = json.loads(json_path.read_text())
+    assert json_path.with_suffix(".md").read_text().startswith("# Layer statistics")
+    assert res["files"]["json"] == str(json_path)
+    (w,) = on_disk["workloads"]
+    assert set(w["methods"]) == {
+        "exact_self_influence",
+        "capture_self_influence",
+        "layer_statistics",
+    }
+    for r in w["methods"].values():
+        assert _positive(r["events_per_s"]) and r["steady_calls_compile_s"] == 0.0
+    assert [x["rows_per_event"] for x in w["layers"]][-2:] == [1.0, 1.0]  # the readout

@@ -192,6 +192,35 @@ def test_statistics_of_a_users_module_with_edge_rows_do_not_depend_on_the_paddin
     assert all(d.min() >= 0 and d.max() > 0 for d in one.rest_diag)
 
 
+def test_chunk_moments_equal_the_sum_of_per_event_moments_float64():
+    """The chunk path (one matmul over the chunk's rows) against the per-event reference
+    ``layer_moments`` summed with the slot weights (a filler slot weighted 0), every layer."""
+    from hepattr_jax.capture import chunk_layer_moments, layer_moments, site_masks
+    from hepattr_jax.per_example import _chunk_captures
+
+    with jax.enable_x64(True):
+        ev = random_events(len(SIZES), n_nodes=SIZES, seed=2, n_globals=2)
+        gs = build_graphs(ev, "knn:3")
+        model = make_model("edgeconv", hidden=6, n_blocks=1, readout_hidden=5, use_globals=True)
+        layout = NeighbourLayout(model, max_buckets=1)
+        data = next(iter(layout.chunks(gs, 8))).data  # 7 events and a filler slot
+        params = model.init(jax.random.key(0), jax.tree_util.tree_map(lambda x: x[0], data.graph))
+        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
+        spec, caps = _chunk_captures(layout.margin_one, params, data)
+        known = jax.vmap(lambda e: site_masks(spec, layout.row_masks(e)))(data)
+        c = jnp.linspace(0.1, 0.3, 8)
+        weight = jnp.asarray(np.arange(8) < 7, jnp.float64)
+        for layer in spec.layers:
+            fast = chunk_layer_moments(spec, layer, caps, c, weight, known)
+            per = jax.vmap(
+                lambda cap, ci, kn, layer=layer: layer_moments(spec, layer, cap, ci, kn)
+            )(caps, c, known)
+            for f, p in zip(fast, per, strict=True):
+                np.testing.assert_allclose(
+                    f, jnp.tensordot(weight, p, axes=1), rtol=RTOL, atol=1e-15
+                )
+
+
 def test_unknown_fisher_is_refused():
     ev = random_events(3, n_nodes=np.array([2, 3, 4]), seed=1)
     gs = build_graphs(ev, "knn:2")
