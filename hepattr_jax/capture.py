@@ -32,7 +32,10 @@ Consumers (all per event, batched with ``vmap``):
 * :func:`sq_norm_from_capture`: ``||grad||^2`` layer by layer, each layer by the *ghost norm*
   ``<A A^T, D D^T>`` (cost ``~T^2 (r + p)``) or the materialised product (``~T r p``), chosen at
   trace time by :func:`layer_plan`;
-* the Kronecker-structured projection of :mod:`hepattr_jax.projection`.
+* the Kronecker-structured projection of :mod:`hepattr_jax.projection`;
+* :func:`layer_moments` / :func:`chunk_layer_moments`: each layer's input and output-gradient
+  second moments weighted per graph, the K-FAC/EK-FAC statistics of :mod:`hepattr_jax.kfac`
+  (a layer's rows in an event: those that carry gradient, so padding never enters).
 """
 
 from __future__ import annotations
@@ -59,8 +62,7 @@ class Site(NamedTuple):
     ``kernel``/``bias``: paths of the parameters in the variables tree (``bias`` None when the
     site adds none); ``rows``: the kernel rows ``[start, stop)`` it multiplies; ``n_rows``: the
     event's rows ``T`` (leading axes of the input flattened); ``p``: output width; ``dtype``
-    of the output; ``lead``: the input's leading axes (``(n,)`` on nodes, ``(n, width)`` on
-    edge slots, ``()`` after pooling), which :func:`site_masks` matches with a layout's masks.
+    of the output.
     """
 
     kernel: Path
@@ -69,7 +71,6 @@ class Site(NamedTuple):
     n_rows: int
     p: int
     dtype: str
-    lead: tuple[int, ...] = ()
 
 
 class Layer(NamedTuple):
@@ -135,7 +136,7 @@ class _State:
     def site(self, kernel: Path, bias: Path | None, rows: tuple[int, int], x, y):
         x = jnp.asarray(x)
         a = x.reshape(-1, x.shape[-1]).astype(y.dtype)
-        s = Site(kernel, bias, rows, a.shape[0], y.shape[-1], str(y.dtype), tuple(x.shape[:-1]))
+        s = Site(kernel, bias, rows, a.shape[0], y.shape[-1], str(y.dtype))
         i = len(self.sites)
         if self.expected is not None and (i >= len(self.expected) or self.expected[i] != s):
             want = self.expected[i] if i < len(self.expected) else "no more sites"
@@ -391,7 +392,8 @@ class LayerMoments(NamedTuple):
       s_expand: ``[p, p]`` ``c sum_t delta_t delta_t^T``.
       a_reduce: ``[m, m]`` ``abar abar^T`` with ``abar = (1/T) sum_t a_t``.
       s_reduce: ``[p, p]`` ``c dbar dbar^T`` with ``dbar = sum_t delta_t``.
-      rows: ``[]`` ``T``, the event's rows of the layer.
+      rows: ``[]`` ``T``, the event's rows of the layer (those that carry gradient).
+      has_rows: ``[]`` 1 if ``T > 0``, else 0.
     """
 
     a_expand: jax.Array
@@ -399,34 +401,25 @@ class LayerMoments(NamedTuple):
     a_reduce: jax.Array
     s_reduce: jax.Array
     rows: jax.Array
+    has_rows: jax.Array
 
 
-def site_masks(spec: CaptureSpec, masks) -> tuple[jax.Array | None, ...]:
-    """Per site the event's rows as a layout knows them: ``masks`` maps a leading shape to a
-    boolean mask of that shape (:meth:`hepattr_jax.per_example.NeighbourLayout.row_masks`:
-    nodes ``(n,)``, edge slots ``(n, width)``, the pooled row ``()``); a site whose input's
-    leading axes match one gets it flattened to ``[T]``, any other site None."""
-    out: list[jax.Array | None] = []
-    for s in spec.sites:
-        m = masks.get(s.lead)
-        out.append(None if m is None else jnp.reshape(m, (s.n_rows,)))
-    return tuple(out)
-
-
-def layer_rows(spec: CaptureSpec, layer: Layer, cap: Capture, known=None):
+def layer_rows(spec: CaptureSpec, layer: Layer, cap: Capture):
     """The layer's rows in one event, over all its sites: ``(a [T, m], delta [T, p], real [T])``.
 
     ``a`` is each row's input embedded in the layer's ``m`` gradient rows (its site's kernel rows,
     and 1 in the bias row for a site that adds the bias), so that the event's layer gradient is
-    ``a^T delta``. ``real``: the row is one of the event's (``known``, per site from
-    :func:`site_masks`: the layout's node or edge mask) or carries gradient (``delta`` not
-    identically zero). Padding rows are neither (padding contributes exactly zero to the
-    event's output); a row the layout's masks do not describe (a user's attention heads, pair
-    rows outside the edge set) is the event's where it carries gradient, so a row of such a
-    site whose every path to the output is cut (dead ReLUs) is counted out; it contributes
-    nothing to the event's gradient either.
+    ``a^T delta``. ``real``: the row carries gradient (``delta`` not identically zero), the rows
+    the event's layer gradient is made of. Padding rows never do (padding contributes exactly
+    zero to the event's output), so padding never enters and the rows are the same in every
+    bucket, with no help from the model or the layout. A row of the event with no path to the
+    output is left out too: an edge that wins no channel of a max aggregation, a node whose
+    ReLUs are all off (matching rows by shape to a layout's node and edge masks was tried
+    first: a model's own edge slots, ParticleNet's kNN in feature space, share the static
+    slots' shape in one bucket and not in another, and the counts then depended on the
+    bucketing).
     """
-    a_all, d_all, r_all = [], [], []
+    a_all, d_all = [], []
     for i in layer.sites:
         s = spec.sites[i]
         a, d = cap.inputs[i], cap.deltas[i]
@@ -435,16 +428,11 @@ def layer_rows(spec: CaptureSpec, layer: Layer, cap: Capture, known=None):
             emb = emb.at[:, layer.d_in].set(1.0)
         a_all.append(emb)
         d_all.append(d)
-        real = jnp.any(d != 0, axis=-1)
-        if known is not None and known[i] is not None:
-            real = real | known[i].astype(bool)
-        r_all.append(real)
-    return jnp.concatenate(a_all), jnp.concatenate(d_all), jnp.concatenate(r_all)
+    a, d = jnp.concatenate(a_all), jnp.concatenate(d_all)
+    return a, d, jnp.any(d != 0, axis=-1)
 
 
-def layer_moments(
-    spec: CaptureSpec, layer: Layer, cap: Capture, c: jax.Array, known=None
-) -> LayerMoments:
+def layer_moments(spec: CaptureSpec, layer: Layer, cap: Capture, c: jax.Array) -> LayerMoments:
     """One event's moments of a dense layer for its Kronecker factors, from a capture of the
     model's *output* (the logit, or any signed multiple of it: the margin), ``c`` the event's
     Fisher weight (``sigma(z) sigma(-z)`` for the true Fisher of the binary cross-entropy, or
@@ -457,10 +445,11 @@ def layer_moments(
     uncorrelated); ``reduce`` takes the graph as one term, ``A = abar abar^T`` (row mean) and
     ``S = c dbar dbar^T`` (row sum), exact when the rows share one input or one output gradient
     (a layer after pooling: ``T = 1``, where both are the plain K-FAC factors). Eschenhagen et al.
-    (NeurIPS 2023) name the two settings. Padding rows are left out (:func:`layer_rows`, with the
-    layout's masks ``known``); an event with no rows (no edges, for an edge layer) contributes
-    zero."""
-    a, d, real = layer_rows(spec, layer, cap, known)
+    (NeurIPS 2023) name the two settings. The rows are those that carry gradient
+    (:func:`layer_rows`): padding never enters; an event with none (no edges, for an edge layer)
+    has ``rows = 0``, zero moments and ``has_rows = 0``, and the K-FAC input factor averages over
+    the events with rows (:mod:`hepattr_jax.kfac`)."""
+    a, d, real = layer_rows(spec, layer, cap)
     w = real.astype(a.dtype)
     t = w.sum()
     inv = 1.0 / jnp.maximum(t, 1.0)
@@ -473,16 +462,17 @@ def layer_moments(
         a_reduce=jnp.outer(abar, abar),
         s_reduce=c * jnp.outer(dbar, dbar),
         rows=t,
+        has_rows=(t > 0).astype(a.dtype),
     )
 
 
 def chunk_layer_moments(
-    spec: CaptureSpec, layer: Layer, caps: Capture, c: jax.Array, weight: jax.Array, known=None
+    spec: CaptureSpec, layer: Layer, caps: Capture, c: jax.Array, weight: jax.Array
 ) -> LayerMoments:
     """``sum_g weight_g * layer_moments(event g)`` over a chunk's captures (leading axis ``C``),
     each sum as one matmul over the chunk's rows ``[C T, m]`` instead of ``C`` per-event
     products (the fast path of :func:`layer_moments`, which the tests compare it with)."""
-    a, d, real = jax.vmap(lambda cap, kn: layer_rows(spec, layer, cap, kn))(caps, known)
+    a, d, real = jax.vmap(lambda cap: layer_rows(spec, layer, cap))(caps)
     w = real.astype(a.dtype)  # [C, T]
     t = w.sum(1)
     inv = weight / jnp.maximum(t, 1.0)  # [C]
@@ -498,4 +488,5 @@ def chunk_layer_moments(
         a_reduce=(abar * weight[:, None]).T @ abar,
         s_reduce=(dbar * (weight * c)[:, None]).T @ dbar,
         rows=weight @ t,
+        has_rows=weight @ (t > 0).astype(a.dtype),
     )

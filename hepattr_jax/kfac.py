@@ -6,16 +6,19 @@ at every checkpoint, the input and output-gradient second moments the layer's Kr
 are made of, weighted per *graph* as the per-graph gradient ``G = sum_t a_t delta_t^T`` requires
 (a graph's rows are its nodes, edges or pooled row, never an example each):
 
-* ``expand``: ``A = E_g[(1/T_g) sum_t a_t a_t^T]``, ``S = E_g[c_g sum_t delta_t delta_t^T]``;
-* ``reduce``: ``A = E_g[abar_g abar_g^T]`` (row mean), ``S = E_g[c_g dbar_g dbar_g^T]`` (row sum);
+* ``expand``: ``A = E'_g[(1/T_g) sum_t a_t a_t^T]``, ``S = E_g[c_g sum_t delta_t delta_t^T]``;
+* ``reduce``: ``A = E'_g[abar_g abar_g^T]`` (row mean), ``S = E_g[c_g dbar_g dbar_g^T]`` (row
+  sum);
 
 with ``a_t`` the row's input and a 1 for the bias, ``delta_t`` the gradient of the event's logit
 at the row's output, ``c_g`` the event's Fisher weight (:func:`hepattr_jax.per_example.
-fisher_weight`: the true Fisher of the binary cross-entropy by default) and ``E_g`` the mean
-over events (see :func:`hepattr_jax.capture.layer_moments`). For a layer after pooling (one row
-per graph) both are the plain K-FAC factors. Padding rows never enter (a bucket's padding does
-not change any figure). Parameters no dense layer covers (LayerNorm scales, tokens) get their
-diagonal Fisher ``E_g[c_g g^2]``.
+fisher_weight`: the true Fisher of the binary cross-entropy by default), ``E_g`` the mean over
+events and ``E'_g`` the mean over the events in which the layer has rows (see
+:func:`hepattr_jax.capture.layer_moments`). A layer's rows in an event are those that carry
+gradient (the rows ``G`` is made of): padding never enters, so no figure depends on the
+bucketing. For a layer after pooling (one row per graph) both settings are the plain K-FAC
+factors. Parameters no dense layer covers (LayerNorm scales, tokens) get their diagonal Fisher
+``E_g[c_g g^2]``.
 
 The pass streams through :mod:`hepattr_jax.engine` with chunk totals; with a store
 (:func:`hepattr_jax.scoring.scored_layer_statistics`) every chunk's sum is written atomically,
@@ -46,7 +49,8 @@ class LayerStatistics(NamedTuple):
       biases: per layer the bias path, or ``""`` for a layer without one.
       a_expand, a_reduce: per layer ``[K, m, m]`` (``m`` kernel rows, then the bias row).
       s_expand, s_reduce: per layer ``[K, p, p]``.
-      rows: ``[K, L]`` the mean rows per event of each layer (padding excluded).
+      rows: ``[K, L]`` the mean rows per event of each layer (rows that carry gradient).
+      layer_events: ``[K, L]`` the share of events in which the layer has rows.
       rest: the uncovered parameters' paths; ``rest_diag`` their diagonal Fisher ``[K, *shape]``.
       n_events: events averaged; ``mean_weight``: ``[K]`` mean Fisher weight ``c``.
       fisher: ``"true"`` or ``"empirical"``.
@@ -59,6 +63,7 @@ class LayerStatistics(NamedTuple):
     a_reduce: tuple[np.ndarray, ...]
     s_reduce: tuple[np.ndarray, ...]
     rows: np.ndarray
+    layer_events: np.ndarray
     rest: tuple[str, ...]
     rest_diag: tuple[np.ndarray, ...]
     n_events: int
@@ -72,6 +77,7 @@ class LayerStatistics(NamedTuple):
             "biases": np.array(self.biases, dtype=str),
             "rest": np.array(self.rest, dtype=str),
             "rows": self.rows,
+            "layer_events": self.layer_events,
             "n_events": np.asarray(self.n_events, np.int64),
             "mean_weight": self.mean_weight,
             "fisher": np.asarray(self.fisher, dtype=str),
@@ -94,6 +100,7 @@ class LayerStatistics(NamedTuple):
             kernels=tuple(str(k) for k in a["kernels"]),
             biases=tuple(str(b) for b in a["biases"]),
             rows=np.asarray(a["rows"]),
+            layer_events=np.asarray(a["layer_events"]),
             rest=tuple(str(r) for r in a["rest"]),
             rest_diag=tuple(np.asarray(a[f"rest_diag_{i:03d}"]) for i in range(n_rest)),
             n_events=int(a["n_events"]),
@@ -146,11 +153,17 @@ def unpack_statistics(spec, total: np.ndarray, fisher: str) -> LayerStatistics:
         off += size
         return x
 
+    events = []
     for layer in spec.layers:
         m, p = layer.m, layer.p
         for name, shape in zip(MOMENTS, ((m, m), (p, p), (m, m), (p, p)), strict=True):
             moments[name].append(take(shape))
         rows.append(take(()))
+        events.append(take(()))  # the share of events with rows
+        # The input factors average over the events whose layer carries gradient.
+        share = np.maximum(events[-1], 1e-300)[:, None, None]
+        for name in ("a_expand", "a_reduce"):
+            moments[name][-1] = moments[name][-1] / share
     rest_diag = tuple(take(shape) for shape in spec.rest_shapes)
     if off != total.shape[1] - 2:
         raise ConfigError(
@@ -160,6 +173,7 @@ def unpack_statistics(spec, total: np.ndarray, fisher: str) -> LayerStatistics:
         kernels=tuple("/".join(layer.kernel) for layer in spec.layers),
         biases=tuple("/".join(layer.bias) if layer.bias else "" for layer in spec.layers),
         rows=np.stack(rows, axis=1) if rows else np.zeros((k, 0)),
+        layer_events=np.stack(events, axis=1) if events else np.zeros((k, 0)),
         rest=tuple("/".join(p) for p in spec.rest),
         rest_diag=rest_diag,
         n_events=int(round(n[0])),

@@ -261,17 +261,6 @@ class NeighbourLayout:
         return jnp.where(ex.valid, (2.0 * ex.label - 1.0) * self.logit_one(params, ex), 0.0)
 
     @staticmethod
-    def row_masks(ex: NeighbourExample) -> dict[tuple[int, ...], Any]:
-        """The event's rows by leading shape, for :func:`hepattr_jax.capture.site_masks`: nodes
-        ``(n,)`` (its node mask), edge slots ``(n, width)`` (its edge mask), the pooled row
-        ``()`` (and ``(1,)``, a token's, unless ``n == 1``)."""
-        g = ex.graph
-        n, w = g.edge_mask.shape
-        out = {(n, w): g.edge_mask, (): ex.valid, (1,): ex.valid[None]}
-        out[(n,)] = g.node_mask
-        return out
-
-    @staticmethod
     def grown(ex: NeighbourExample) -> NeighbourExample:
         """The shapes (``jax.ShapeDtypeStruct``) of one event ``ex`` with one more node slot:
         what :func:`graph_level_layers` compares with to find the per-event layers."""
@@ -334,21 +323,6 @@ class GraphLayout:
         """The logit margin of the event's true class, ``(2y - 1) z`` (0 in empty slots)."""
         z = self.model.apply(params, ex.graphs)
         return jnp.where(ex.graph_mask, (2.0 * ex.labels - 1.0) * z, 0.0).sum()
-
-    @staticmethod
-    def row_masks(ex: Batch) -> dict[tuple[int, ...], Any]:
-        """The event's rows by leading shape (graph 0 of the padded example): nodes ``(N,)``,
-        edges ``(E,)``, graphs ``(2,)``; a shape two of them share is left out (its rows are
-        then told by their gradient alone, :func:`hepattr_jax.capture.layer_rows`)."""
-        gr = ex.graphs
-        n, e, g = gr.nodes.shape[0], gr.senders.shape[0], gr.n_node.shape[0]
-        masks = [
-            ((n,), jnp.arange(n) < gr.n_node[0]),
-            ((e,), jnp.arange(e) < gr.n_edge[0]),
-            ((g,), (jnp.arange(g) == 0) & ex.graph_mask[0]),
-        ]
-        shapes = [k for k, _ in masks]
-        return {k: m for k, m in masks if shapes.count(k) == 1}
 
     @staticmethod
     def grown(ex: Batch) -> Batch:
@@ -590,11 +564,12 @@ def layer_statistics_kernel(layout, fisher: str = "true") -> Callable:
     """Jitted ``f(params_k [K,...], (chunk [C,...], weight [C])) -> [K, F]``: per checkpoint the
     chunk's weighted sums of every dense layer's :class:`~hepattr_jax.capture.LayerMoments`
     (:func:`~hepattr_jax.capture.chunk_layer_moments`)
-    (``a_expand, s_expand, a_reduce, s_reduce`` flattened, then ``rows``; layers in capture
-    order), then per uncovered parameter leaf ``sum c g^2`` (its diagonal Fisher), then the
-    weight sum and ``sum c``. One capture pass of the logit margin per event; ``c`` is
-    :func:`fisher_weight`. Unpacked by :func:`hepattr_jax.kfac.unpack_statistics`."""
-    from hepattr_jax.capture import chunk_layer_moments, site_masks
+    (``a_expand, s_expand, a_reduce, s_reduce`` flattened, then ``rows`` and ``has_rows``;
+    layers in capture order), then per uncovered parameter leaf ``sum c g^2`` (its diagonal
+    Fisher), then the weight sum and ``sum c``. One capture pass of the logit margin per
+    event; ``c`` is :func:`fisher_weight`. Unpacked by
+    :func:`hepattr_jax.kfac.unpack_statistics`."""
+    from hepattr_jax.capture import chunk_layer_moments
 
     fisher_weight(jnp.zeros(()), fisher)  # checks the name
     fn = layout.margin_one
@@ -606,10 +581,9 @@ def layer_statistics_kernel(layout, fisher: str = "true") -> Callable:
         def one_checkpoint(params):
             spec, caps = _chunk_captures(fn, params, chunk)
             c = fisher_weight(caps.value, fisher)
-            known = jax.vmap(lambda e: site_masks(spec, layout.row_masks(e)))(chunk)
             parts = []
             for layer in spec.layers:
-                mom = chunk_layer_moments(spec, layer, caps, c, weight, known)
+                mom = chunk_layer_moments(spec, layer, caps, c, weight)
                 parts += [x.ravel() for x in mom]
             parts += [jnp.tensordot(weight * c, g**2, axes=1).ravel() for g in caps.rest]
             parts.append(jnp.stack([weight.sum(), (weight * c).sum()]))
