@@ -80,7 +80,7 @@ PRESETS = {
         qs=(0.2,),
         epochs=2,
         mislabel_remove=(0.1,),
-        dataset_kwargs={"qg_jets": {"max_jets": 1200}},
+        dataset_kwargs={"qg_jets": {"max_jets": 600}},
         chunk_size=64,
     ),
     # make demo: all real jets, one seed, two removal fractions.
