@@ -241,21 +241,23 @@ def _example(layout, w, c):
     return jax.tree_util.tree_map(lambda x: x[0], next(iter(layout.chunks(w.train, c))).data)
 
 
-def run(preset: str) -> dict:
-    s = SETTINGS[preset]
+def run_preset(name: str, preset: str, s, run_workload) -> dict:
+    """A preset's results: the header, ``run_workload(s, workload)`` for each of
+    ``s.workloads``, a large matmul timed in the same run, the load after, the wall time."""
     t_start = time.perf_counter()
-    res: dict = results_header("layer_capture", preset, s)
-    res["workloads"] = [run_workload(s, name) for name in s.workloads]
+    res: dict = results_header(name, preset, s)
+    res["workloads"] = [run_workload(s, w) for w in s.workloads]
     res["matmul"] = bench_matmul(s.matmul_size, 3)
     res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     res["wall_s"] = time.perf_counter() - t_start
     return res
 
 
-def markdown(r: dict) -> str:
+def markdown_head(title: str, r: dict) -> list[str]:
+    """The title and the line saying when, where and how a preset's results were made."""
     env = r["environment"]
-    lines = [
-        "# Per-layer capture: Kronecker-projected TRAK, capture self-influence, ghost norms",
+    return [
+        f"# {title}",
         "",
         f"{r['date_utc']}; device {env['device_label']} ({env['device_kind']}); jax "
         f"{env['jax']}; CPU {env['cpu_model']} ({env['cpu_count']} cores); load average "
@@ -263,6 +265,32 @@ def markdown(r: dict) -> str:
         f"{r['matmul']['size']}^3 {r['matmul']['gflops_per_s']:.1f} GFLOP/s. "
         f"Command: `{r['command']}` ({r['wall_s'] / 60:.1f} min).",
     ]
+
+
+def method_table(methods: dict) -> list[str]:
+    """The interleaved timings (:func:`_interleaved`) as a table against exact SI."""
+    lines = [
+        "| method | events/s | vs exact SI | median s (min-max) | first call s (compile s) |",
+        "|---|---|---|---|---|",
+    ]
+    exact = methods["exact_self_influence"]["events_per_s"]
+    for name, t in methods.items():
+        lines.append(
+            f"| {name} | {t['events_per_s']:.0f} | {t['events_per_s'] / exact:.2f}x | "
+            f"{t['median_s']:.2f} ({t['min_s']:.2f}-{t['max_s']:.2f}) | "
+            f"{t['first_call_s']:.1f} ({t['first_call_compile_s']:.1f}) |"
+        )
+    return lines
+
+
+def run(preset: str) -> dict:
+    return run_preset("layer_capture", preset, SETTINGS[preset], run_workload)
+
+
+def markdown(r: dict) -> str:
+    lines = markdown_head(
+        "Per-layer capture: Kronecker-projected TRAK, capture self-influence, ghost norms", r
+    )
     for wr in r["workloads"]:
         wl = wr["workload"]
         lines += [
@@ -272,16 +300,8 @@ def markdown(r: dict) -> str:
             f"{wl['n_checkpoints']}, chunk {wl['chunk_size']}, {wl['buckets']} bucket shapes, "
             f"float32",
             "",
-            "| method | events/s | vs exact SI | median s (min-max) | first call s (compile s) |",
-            "|---|---|---|---|---|",
+            *method_table(wr["methods"]),
         ]
-        exact = wr["methods"]["exact_self_influence"]["events_per_s"]
-        for name, t in wr["methods"].items():
-            lines.append(
-                f"| {name} | {t['events_per_s']:.0f} | {t['events_per_s'] / exact:.2f}x | "
-                f"{t['median_s']:.2f} ({t['min_s']:.2f}-{t['max_s']:.2f}) | "
-                f"{t['first_call_s']:.1f} ({t['first_call_compile_s']:.1f}) |"
-            )
         q = wr["quality"]
         top = next(k for k in q["dense"] if k.startswith("top"))
         lines += [

@@ -22,17 +22,9 @@ Also the factor sizes (``m``, ``p``) and mean rows per event of each layer. Writ
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 
-from benchmarks.layer_capture import _interleaved
-from benchmarks.tracin_throughput import (
-    WORKLOADS,
-    bench_matmul,
-    make_workload,
-    preset_main,
-    results_header,
-)
+from benchmarks.layer_capture import _interleaved, markdown_head, method_table, run_preset
+from benchmarks.tracin_throughput import WORKLOADS, make_workload, preset_main
 from hepattr_jax import kfac, tracin
 from hepattr_jax.per_example import layout_for
 
@@ -100,27 +92,11 @@ def run_workload(s: Settings, name: str) -> dict:
 
 
 def run(preset: str) -> dict:
-    s = SETTINGS[preset]
-    t_start = time.perf_counter()
-    res: dict = results_header("layer_statistics", preset, s)
-    res["workloads"] = [run_workload(s, name) for name in s.workloads]
-    res["matmul"] = bench_matmul(s.matmul_size, 3)
-    res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    res["wall_s"] = time.perf_counter() - t_start
-    return res
+    return run_preset("layer_statistics", preset, SETTINGS[preset], run_workload)
 
 
 def markdown(r: dict) -> str:
-    env = r["environment"]
-    lines = [
-        "# Layer statistics (K-FAC/EK-FAC factors) beside exact self-influence",
-        "",
-        f"{r['date_utc']}; device {env['device_label']} ({env['device_kind']}); jax "
-        f"{env['jax']}; CPU {env['cpu_model']} ({env['cpu_count']} cores); load average "
-        f"before {r['loadavg_before']}, after {r['loadavg_after']}; matmul "
-        f"{r['matmul']['size']}^3 {r['matmul']['gflops_per_s']:.1f} GFLOP/s. "
-        f"Command: `{r['command']}` ({r['wall_s'] / 60:.1f} min).",
-    ]
+    lines = markdown_head("Layer statistics (K-FAC/EK-FAC factors) beside exact self-influence", r)
     for wr in r["workloads"]:
         wl = wr["workload"]
         lines += [
@@ -130,17 +106,11 @@ def markdown(r: dict) -> str:
             f"{wl['n_checkpoints']}, chunk {wl['chunk_size']}, {wl['buckets']} bucket shapes, "
             "float32",
             "",
-            "| method | events/s | vs exact SI | median s (min-max) | first call s (compile s) |",
-            "|---|---|---|---|---|",
+            *method_table(wr["methods"]),
+            "",
+            "| layer | m | p | rows per event |",
+            "|---|---|---|---|",
         ]
-        exact = wr["methods"]["exact_self_influence"]["events_per_s"]
-        for name, t in wr["methods"].items():
-            lines.append(
-                f"| {name} | {t['events_per_s']:.0f} | {t['events_per_s'] / exact:.2f}x | "
-                f"{t['median_s']:.2f} ({t['min_s']:.2f}-{t['max_s']:.2f}) | "
-                f"{t['first_call_s']:.1f} ({t['first_call_compile_s']:.1f}) |"
-            )
-        lines += ["", "| layer | m | p | rows per event |", "|---|---|---|---|"]
         for x in wr["layers"]:
             lines.append(f"| {x['kernel']} | {x['m']} | {x['p']} | {x['rows_per_event']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -276,6 +276,7 @@ def test_kronecker_inner_products_are_unbiased():
     assert abs(est.mean() - exact) < 4 * se, (est.mean(), exact, se)
 
 
+@SLOW  # make test runs it, make test-fast not
 def test_layer_energy_is_the_mean_squared_gradient_norm_per_layer():
     from hepattr_jax import tracin
 

@@ -71,7 +71,7 @@ def _brute_force(params, ev, fisher):
     return {k: v / len(ev) for k, v in acc.items()}
 
 
-@pytest.mark.parametrize("fisher", ["true", "empirical"])
+@pytest.mark.parametrize("fisher", ["true", pytest.param("empirical", marks=pytest.mark.slow)])
 def test_statistics_equal_the_brute_force_per_graph_sums_float64(fisher):
     """Two checkpoints, a heavily padded single bucket and a bucketed plan with small chunks
     (filler slots): both equal the unpadded brute force."""
@@ -116,7 +116,7 @@ def test_statistics_equal_the_brute_force_per_graph_sums_float64(fisher):
 
 
 # Tiny settings (test_capture's) of the built-in models whose rows differ in kind: EdgeConv
-# (static kNN edges, two sites per factorised layer; make test-fast runs it), ParticleNet
+# (static kNN edges, two sites per factorised layer), ParticleNet
 # (dynamic kNN in feature space) and ParT (attention over every pair, a class token). The other
 # three are message passing over the static edges like EdgeConv; test_capture covers all six.
 MODELS = {
@@ -124,9 +124,8 @@ MODELS = {
     "particlenet": ({"blocks": ((6, 6), (6, 6)), "k": 3, "head": 5}, "knn:3"),
     "part": ({"dim": 8, "heads": 2, "n_blocks": 1, "pair_hidden": 4, "head": 5}, "fully_connected"),
 }
-MODEL_CASES = [
-    m if m == "edgeconv" else pytest.param(m, marks=pytest.mark.slow) for m in sorted(MODELS)
-]
+# make test-fast keeps the brute force (the math, padding included); make test runs these.
+MODEL_CASES = [pytest.param(m, marks=pytest.mark.slow) for m in sorted(MODELS)]
 
 
 @pytest.mark.parametrize("name", MODEL_CASES)

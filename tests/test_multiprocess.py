@@ -59,6 +59,7 @@ def _shared(fn, n, out, **kw):
             return fn(out, shard=Shard(i, n), **kw)
 
 
+@pytest.mark.slow  # make test runs it; make test-fast keeps the merge checks and TRAK's shares
 def test_shares_merge_to_the_bytes_of_one_process(run, tmp_path):
     one = tmp_path / "one"
     ref = scored_self_influence(run, one, chunk_size=CHUNK, progress=False)

@@ -61,14 +61,14 @@ def _rel(a, b):
 @pytest.mark.parametrize(
     "model_name,edges,use_globals",
     [
-        # make test-fast keeps one case of each model; make test runs all seven.
+        # make test-fast keeps edgeconv and gcn; make test runs all seven.
         ("edgeconv", "fully_connected", False),
         pytest.param("edgeconv", "fully_connected", True, marks=pytest.mark.slow),
         pytest.param("edgeconv", "knn:3", True, marks=pytest.mark.slow),
         pytest.param("gcn", "fully_connected", True, marks=pytest.mark.slow),
         ("gcn", "knn:2", False),
         pytest.param("interaction", "fully_connected", False, marks=pytest.mark.slow),
-        ("interaction", "knn:2", True),
+        pytest.param("interaction", "knn:2", True, marks=pytest.mark.slow),
     ],
 )
 def test_neighbour_layout_self_influence_float64_equals_reference(model_name, edges, use_globals):
