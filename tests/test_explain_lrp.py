@@ -107,7 +107,11 @@ def _graphs(seed=3, n_events=6):
     return ev, gs, gs.training_batch(np.arange(n_events), budget)
 
 
-@pytest.mark.parametrize("name", ["edgeconv", "interaction", "gcn"])
+@pytest.mark.parametrize(
+    # make test-fast keeps edgeconv and gcn; make test adds the interaction network.
+    "name",
+    ["edgeconv", pytest.param("interaction", marks=pytest.mark.slow), "gcn"],
+)
 def test_gnn_bias_free_conservation_and_grad_x_input(name):
     ev, gs, batch = _graphs()
     depth = {"gcn": {"n_layers": 2}}.get(name, {"n_blocks": 2})
