@@ -24,12 +24,13 @@ from hepattr_jax.evaluation import linear_datamodeling_score
 from hepattr_jax.explain import explain_run, permutation_importance, shapley_values
 from hepattr_jax.graph_ops import NeighbourGraph
 from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
+from hepattr_jax.kfac import LayerStatistics, layer_statistics
 from hepattr_jax.metrics import auroc, binary_metrics, roc_curve
 from hepattr_jax.models import count_params, make_model
 from hepattr_jax.per_example import GraphLayout, NeighbourLayout, layout_for, plan_buckets
 from hepattr_jax.projection import KroneckerProjector, Projector
 from hepattr_jax.runs import Run, load_run
-from hepattr_jax.scoring import scored_self_influence
+from hepattr_jax.scoring import scored_layer_statistics, scored_self_influence
 from hepattr_jax.sharding import event_mesh
 from hepattr_jax.store import ScoreStore
 from hepattr_jax.tracin import (
@@ -61,6 +62,7 @@ __all__ = [
     "GraphSet",
     "HepattrError",
     "KroneckerProjector",
+    "LayerStatistics",
     "NeighbourGraph",
     "NeighbourLayout",
     "Normalizer",
@@ -82,6 +84,7 @@ __all__ = [
     "influence_from_features",
     "influence_matrix",
     "kernel_rows",
+    "layer_statistics",
     "layout_for",
     "linear_datamodeling_score",
     "load_config",
@@ -92,6 +95,7 @@ __all__ = [
     "plan_buckets",
     "projected_features",
     "roc_curve",
+    "scored_layer_statistics",
     "scored_self_influence",
     "self_influence",
     "self_influence_from_features",
