@@ -36,7 +36,7 @@ import numpy as np
 from hepattr_jax.engine import stream
 from hepattr_jax.errors import ConfigError
 from hepattr_jax.graphs import GraphSet
-from hepattr_jax.per_example import check_layerwise, layer_statistics_kernel
+from hepattr_jax.per_example import check_layerwise, layer_statistics_kernel, one_example
 
 MOMENTS = ("a_expand", "s_expand", "a_reduce", "s_reduce")
 
@@ -129,9 +129,7 @@ def capture_spec(layout, params, gs: GraphSet):
         gs.events.n_globals,
     )
     if key not in _SPECS:
-        chunk = next(iter(layout.chunks(gs, 1, np.array([0]))))
-        ex = jax.tree_util.tree_map(lambda x: x[0], chunk.data)
-        _SPECS[key] = discover(layout.margin_one, params, ex)
+        _SPECS[key] = discover(layout.margin_one, params, one_example(layout, gs, 0))
     return _SPECS[key]
 
 
@@ -183,7 +181,7 @@ def unpack_statistics(spec, total: np.ndarray, fisher: str) -> LayerStatistics:
     )
 
 
-def layer_statistics(
+def layer_statistics_totals(
     layout,
     ckpts,
     gs: GraphSet,
@@ -195,18 +193,12 @@ def layer_statistics(
     on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     skip_chunk: Callable[[int], bool] | None = None,
     mesh=None,
-    unpack: bool = True,
-) -> LayerStatistics | np.ndarray | None:
-    """Every dense layer's Kronecker-factor statistics over the events of ``gs`` (or
-    ``positions`` into it) at every checkpoint of ``ckpts`` (:class:`hepattr_jax.tracin.
-    Checkpoints`), in one pass (see the module docstring).
-
-    Before the pass the captured layers are checked against ``jax.grad`` of the margin on the
-    set's largest event (:func:`hepattr_jax.per_example.check_layerwise`). ``on_chunk`` /
-    ``skip_chunk``: a store's resume hooks (chunk totals, :meth:`hepattr_jax.store.ScoreStore.
-    write_chunk` with ``total=True``); with ``unpack=False`` the raw ``[K, F]`` sum of the
-    chunks computed here is returned, None if every chunk was skipped (a store sums its own
-    chunk totals)."""
+) -> np.ndarray | None:
+    """The one pass of :func:`layer_statistics`: the float64 ``[K, F]`` sum of the chunk totals
+    computed here (None if every chunk was skipped), what :func:`unpack_statistics` turns into
+    :class:`LayerStatistics`. ``on_chunk`` / ``skip_chunk``: a store's resume hooks (chunk
+    totals, :meth:`hepattr_jax.store.ScoreStore.write_chunk` with ``total=True``; a store sums
+    its own chunks, :meth:`~hepattr_jax.store.ScoreStore.sum_totals`)."""
     from hepattr_jax.sharding import replicate
 
     if len(gs) == 0:
@@ -230,9 +222,21 @@ def layer_statistics(
     ):
         part = vals.astype(np.float64)
         total = part if total is None else total + part
-    if not unpack:
-        return total
+    return total
+
+
+def layer_statistics(
+    layout, ckpts, gs: GraphSet, *, fisher: str = "true", **kwargs
+) -> LayerStatistics:
+    """Every dense layer's Kronecker-factor statistics over the events of ``gs`` (or
+    ``positions`` into it) at every checkpoint of ``ckpts`` (:class:`hepattr_jax.tracin.
+    Checkpoints`), in one pass (see the module docstring).
+
+    Before the pass the captured layers are checked against ``jax.grad`` of the margin on the
+    set's largest event (:func:`hepattr_jax.per_example.check_layerwise`). ``kwargs``: those of
+    :func:`layer_statistics_totals` (``chunk_size``, ``positions``, ``progress``, ``mesh``, the
+    resume hooks)."""
+    total = layer_statistics_totals(layout, ckpts, gs, fisher=fisher, **kwargs)
     if total is None:
         raise ConfigError("layer statistics: every chunk was skipped")
-    spec = capture_spec(layout, ckpts.at(0), gs)
-    return unpack_statistics(spec, total, fisher)
+    return unpack_statistics(capture_spec(layout, ckpts.at(0), gs), total, fisher)

@@ -571,7 +571,8 @@ def layer_statistics_kernel(layout, fisher: str = "true") -> Callable:
     :func:`hepattr_jax.kfac.unpack_statistics`."""
     from hepattr_jax.capture import chunk_layer_moments
 
-    fisher_weight(jnp.zeros(()), fisher)  # checks the name
+    if fisher not in FISHERS:
+        raise ConfigError(f"fisher {fisher!r}: use one of {FISHERS}")
     fn = layout.margin_one
 
     @jax.jit
@@ -594,6 +595,13 @@ def layer_statistics_kernel(layout, fisher: str = "true") -> Callable:
     return f
 
 
+def one_example(layout, gs: GraphSet, position: int):
+    """The event at ``position`` of ``gs`` as ``layout`` lays out one event (no chunk axis), in
+    its bucket's shape: what a single-event trace (capture discovery, checks) takes."""
+    chunk = next(iter(layout.chunks(gs, 1, np.array([position]))))
+    return jax.tree_util.tree_map(lambda x: x[0], chunk.data)
+
+
 _CHECKED: set = set()
 
 
@@ -607,9 +615,7 @@ def check_layerwise(layout, params_k: Params, gs: GraphSet, output: str = "loss"
     if (layout, output) in _CHECKED or len(gs) == 0:
         return
     fn = layout.loss_one if output == "loss" else layout.margin_one
-    biggest = int(np.argmax(gs.events.n_node))
-    chunk = next(iter(layout.chunks(gs, 1, np.array([biggest]))))
-    ex = jax.tree_util.tree_map(lambda x: x[0], chunk.data)
+    ex = one_example(layout, gs, int(np.argmax(gs.events.n_node)))
     params = jax.tree_util.tree_map(lambda x: x[0], params_k)
     check_capture(fn, params, ex)
     _CHECKED.add((layout, output))

@@ -234,7 +234,7 @@ def scored_layer_statistics(
     meta["fisher"] = fisher
 
     def compute(store, skip):
-        kfac.layer_statistics(
+        kfac.layer_statistics_totals(
             layout,
             run.checkpoints,
             gs,
@@ -244,12 +244,10 @@ def scored_layer_statistics(
             on_chunk=lambda i, p, v: store.write_chunk(i, p, v, total=True),
             skip_chunk=skip,
             mesh=mesh,
-            unpack=False,
         )
 
     def finish(store, indices):
-        first = run.checkpoints.at(0)
-        spec = kfac.capture_spec(layout, first, gs)
+        spec = kfac.capture_spec(layout, run.checkpoints.at(0), gs)
         stats = kfac.unpack_statistics(spec, store.sum_totals(len(gs)), fisher)
         ids = np.asarray(gs.events.ids, np.int64)
         store.finalize({**stats.to_arrays(), "event_ids": ids}, npz="layer_statistics")

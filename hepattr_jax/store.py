@@ -410,12 +410,7 @@ class ScoreStore:
           StoreError: positions missing (listed; the scoring run has not finished), covered twice,
             out of range, or chunks of inconsistent shapes.
         """
-        if "n_events" in self.meta and int(self.meta["n_events"]) != n_events:
-            raise StoreError(
-                f"{self.directory}: assembling {n_events} events, the store was made for "
-                f"{self.meta['n_events']}"
-            )
-        count = np.zeros(n_events, np.int64)
+        count = self._coverage_start(n_events)
         out = None
         for index in sorted(self._done):
             pos, vals = self.read_chunk(index)
@@ -428,27 +423,11 @@ class ScoreStore:
                     f"{self.chunk_path(index)}: values {list(vals.shape)} do not fit the result "
                     f"{list(out.shape)}"
                 )
-            if len(pos) and (pos.min() < 0 or pos.max() >= n_events):
-                raise StoreError(
-                    f"{self.chunk_path(index)}: positions outside [0, {n_events}): "
-                    f"{pos[(pos < 0) | (pos >= n_events)][:10].tolist()}"
-                )
+            self._cover(index, pos, count)
             out[..., pos] = vals
-            np.add.at(count, pos, 1)
         if out is None:
             out = np.zeros((*_row_shape(n_rows), n_events), self.dtype)
-        missing = np.flatnonzero(count == 0)
-        if len(missing):
-            raise StoreError(
-                f"{self.directory}: {len(missing)} of {n_events} positions are in no chunk "
-                f"(first: {missing[:20].tolist()}); the scoring run has not finished - rerun it "
-                "to resume"
-            )
-        twice = np.flatnonzero(count > 1)
-        if len(twice):
-            raise StoreError(
-                f"{self.directory}: positions covered by more than one chunk: {twice[:20].tolist()}"
-            )
+        self._check_coverage(count)
         return out
 
     def sum_totals(self, n_events: int) -> np.ndarray:
@@ -459,7 +438,7 @@ class ScoreStore:
         Raises:
           StoreError: as :meth:`assemble`, or a chunk of per-event values among the totals.
         """
-        count = np.zeros(n_events, np.int64)
+        count = self._coverage_start(n_events)
         out = None
         for index in sorted(self._done):
             pos, vals = self.read_chunk(index, total=True)
@@ -468,22 +447,44 @@ class ScoreStore:
                     f"{self.chunk_path(index)}: total {list(vals.shape)} does not match the "
                     f"others {list(out.shape)}"
                 )
-            if len(pos) and (pos.min() < 0 or pos.max() >= n_events):
-                raise StoreError(f"{self.chunk_path(index)}: positions outside [0, {n_events})")
+            self._cover(index, pos, count)
             out = vals.copy() if out is None else out + vals
-            np.add.at(count, pos, 1)
-        missing = np.flatnonzero(count == 0)
-        if len(missing) or out is None:
+        self._check_coverage(count)
+        if out is None:  # no events at all: nothing was summed
+            raise StoreError(f"{self.directory}: no chunk totals to sum")
+        return out
+
+    # The coverage bookkeeping :meth:`assemble` and :meth:`sum_totals` share.
+    def _coverage_start(self, n_events: int) -> np.ndarray:
+        if "n_events" in self.meta and int(self.meta["n_events"]) != n_events:
             raise StoreError(
-                f"{self.directory}: {len(missing)} of {n_events} positions are in no chunk "
-                f"(first: {missing[:20].tolist()}); the run has not finished - rerun it to resume"
+                f"{self.directory}: assembling {n_events} events, the store was made for "
+                f"{self.meta['n_events']}"
+            )
+        return np.zeros(n_events, np.int64)
+
+    def _cover(self, index: int, pos: np.ndarray, count: np.ndarray) -> None:
+        n_events = len(count)
+        if len(pos) and (pos.min() < 0 or pos.max() >= n_events):
+            raise StoreError(
+                f"{self.chunk_path(index)}: positions outside [0, {n_events}): "
+                f"{pos[(pos < 0) | (pos >= n_events)][:10].tolist()}"
+            )
+        np.add.at(count, pos, 1)
+
+    def _check_coverage(self, count: np.ndarray) -> None:
+        missing = np.flatnonzero(count == 0)
+        if len(missing):
+            raise StoreError(
+                f"{self.directory}: {len(missing)} of {len(count)} positions are in no chunk "
+                f"(first: {missing[:20].tolist()}); the scoring run has not finished - rerun it "
+                "to resume"
             )
         twice = np.flatnonzero(count > 1)
         if len(twice):
             raise StoreError(
                 f"{self.directory}: positions covered by more than one chunk: {twice[:20].tolist()}"
             )
-        return out
 
     def finalize(self, arrays: Mapping[str, np.ndarray], *, npz: str | None = None) -> Path:
         """Writes the final arrays atomically, then ``result.json`` (written last: its presence
