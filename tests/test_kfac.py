@@ -253,3 +253,21 @@ def test_unknown_fisher_is_refused():
     ck = Checkpoints.from_list([model.init(jax.random.key(0), g0.graphs)], [1.0])
     with pytest.raises(ConfigError, match="fisher 'observed'"):
         layer_statistics(GraphLayout(model), ck, gs, fisher="observed", progress=False)
+
+
+def test_input_factors_average_over_the_events_with_rows():
+    """Unpacking by hand: a layer with rows in 2 of 4 events has its input factors divided by 2
+    (the events with rows), its output-gradient factors and rows by 4 (all events)."""
+    from types import SimpleNamespace
+
+    from hepattr_jax.kfac import unpack_statistics
+
+    layer = SimpleNamespace(m=1, p=1, kernel=("params", "d", "kernel"), bias=None)
+    spec = SimpleNamespace(layers=(layer,), rest=(), rest_shapes=())
+    # a_expand, s_expand, a_reduce, s_reduce, rows, has_rows | events, sum of c
+    total = np.array([[6.0, 8.0, 10.0, 12.0, 5.0, 2.0, 4.0, 1.0]])
+    st = unpack_statistics(spec, total, "true")
+    assert (st.a_expand[0][0, 0, 0], st.a_reduce[0][0, 0, 0]) == (3.0, 5.0)
+    assert (st.s_expand[0][0, 0, 0], st.s_reduce[0][0, 0, 0]) == (2.0, 3.0)
+    assert (st.rows[0, 0], st.layer_events[0, 0], st.n_events) == (1.25, 0.5, 4)
+    assert st.mean_weight[0] == 0.25 and st.kernels == ("params/d/kernel",)
