@@ -354,33 +354,106 @@ def tree_sq_norm(tree) -> jax.Array:
     return jnp.asarray(sum(jnp.vdot(x, x) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def flat_grad_one(loss_one: Callable, params: Params, ex) -> jax.Array:
-    """``[P]`` gradient of one event's loss, flattened in ``ravel_pytree(params)`` order."""
-    return ravel_pytree(jax.grad(loss_one)(params, ex))[0]
+class GradientMap(NamedTuple):
+    """A per-event map ``psi_k`` applied to every gradient before an inner product is taken,
+    so the kernels compute ``sum_k lr_k <psi_k(g(z')), psi_k(g(z))>`` instead of TracIn's
+    ``sum_k lr_k <g(z'), g(z)>`` (self-influence, train x test, top-k, dense projections).
+
+    A method that reweights or changes the metric of TracIn is one ``GradientMap`` and touches
+    no kernel: Adam's diagonal preconditioner ``psi_k(g) = P_k^{1/2} g``
+    (:mod:`hepattr_jax.adam`), EK-FAC's whitening in the Kronecker eigenbasis
+    (:mod:`hepattr_jax.ekfac`), the normalisation of gradient-cosine (:mod:`hepattr_jax.cosine`).
+
+    Attributes:
+      fn: ``fn(state_k, grads) -> tree`` for one event at one checkpoint (``grads`` the
+        gradient tree of the parameters; the result any tree of arrays, flattened in
+        ``ravel_pytree`` order). Hashable (a module-level function or a frozen dataclass):
+        kernels are compiled once per ``fn``.
+      state: a pytree whose every leaf has the leading axis ``K`` (scanned with the
+        checkpoints), or None.
+      name: what the scores are called in stores and tables.
+    """
+
+    fn: Callable
+    state: Any
+    name: str
 
 
-@functools.lru_cache(maxsize=32)
-def self_influence_kernel(layout) -> Callable:
-    """Jitted ``f(params_k [K,...], lr [K], chunk [C,...]) -> [K, C]``: ``lr_k ||grad l||^2``.
+def map_parts(gradient_map: GradientMap | None) -> tuple[Callable | None, Any]:
+    """``(fn, state)`` of a gradient map, ``(None, None)`` (the plain gradient) for None."""
+    return (None, None) if gradient_map is None else (gradient_map.fn, gradient_map.state)
 
-    Cached per layout (layouts are hashable values), so repeated calls reuse the compilation.
+
+def kernel_cache(factory: Callable) -> Callable:
+    """``functools.lru_cache`` for a kernel factory, keyed on its arguments *with defaults
+    applied*, so ``factory(layout)`` and ``factory(layout, None)`` return the same compiled
+    kernel (a plain ``lru_cache`` keys them apart and compiles twice)."""
+    import inspect
+
+    sig = inspect.signature(factory)
+    cached = functools.lru_cache(maxsize=32)(factory)
+
+    @functools.wraps(factory)
+    def make(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return cached(*bound.args)
+
+    make.cache_clear = cached.cache_clear
+    return make
+
+
+def optional_state(jitted: Callable) -> Callable:
+    """``jitted`` (whose last argument is a map state) callable without that argument too, and
+    always called with it, so calls with and without ``None`` share one compilation."""
+    import inspect
+
+    n_args = len(inspect.signature(jitted).parameters)
+
+    @functools.wraps(jitted)
+    def call(*args):
+        return jitted(*args, None) if len(args) == n_args - 1 else jitted(*args)
+
+    return call
+
+
+def mapped_grad(fn: Callable, map_fn: Callable | None, params: Params, state, ex):
+    """One event's gradient tree of ``fn`` (the loss or margin), mapped by ``map_fn`` (the
+    :attr:`GradientMap.fn`, None for the plain gradient) at this checkpoint's ``state``."""
+    g = jax.grad(fn)(params, ex)
+    return g if map_fn is None else map_fn(state, g)
+
+
+def flat_grad_one(loss_one: Callable, params: Params, ex, map_fn=None, state=None) -> jax.Array:
+    """``[P]`` (mapped) gradient of one event's loss, flattened in ``ravel_pytree`` order."""
+    return ravel_pytree(mapped_grad(loss_one, map_fn, params, state, ex))[0]
+
+
+@kernel_cache
+def self_influence_kernel(layout, map_fn: Callable | None = None) -> Callable:
+    """Jitted ``f(params_k [K,...], lr [K], chunk [C,...], state_k=None) -> [K, C]``:
+    ``lr_k ||psi_k(grad l)||^2`` (``psi_k`` the :class:`GradientMap` ``map_fn`` at
+    ``state_k``, the identity by default).
+
+    Cached per layout and map (layouts are hashable values), so repeated calls reuse the
+    compilation.
     """
     loss_one = layout.loss_one
 
-    def one(params, ex):
-        return tree_sq_norm(jax.grad(loss_one)(params, ex))
+    def one(params, state, ex):
+        return tree_sq_norm(mapped_grad(loss_one, map_fn, params, state, ex))
 
-    batched = jax.vmap(one, in_axes=(None, 0))
+    batched = jax.vmap(one, in_axes=(None, None, 0))
 
     @jax.jit
-    def f(params_k, lr_k, chunk):
+    def f(params_k, lr_k, chunk, state_k):
         def body(carry, pk):
-            params, lr = pk
-            return carry, lr * batched(params, chunk)
+            params, lr, state = pk
+            return carry, lr * batched(params, state, chunk)
 
-        return jax.lax.scan(body, None, (params_k, lr_k))[1]
+        return jax.lax.scan(body, None, (params_k, lr_k, state_k))[1]
 
-    return f
+    return optional_state(f)
 
 
 def _chunk_captures(fn: Callable, params: Params, chunk):
@@ -420,11 +493,21 @@ def grad_kernel(layout) -> Callable:
     return jax.jit(jax.vmap(functools.partial(flat_grad_one, layout.loss_one), in_axes=(None, 0)))
 
 
-@functools.lru_cache(maxsize=32)
-def stacked_grad_kernel(layout) -> Callable:
-    """Jitted ``f(params_k [K,...], chunk [C,...]) -> [K, C, P]`` at every checkpoint."""
-    per_event = jax.vmap(functools.partial(flat_grad_one, layout.loss_one), in_axes=(None, 0))
-    return jax.jit(jax.vmap(per_event, in_axes=(0, None)))
+@kernel_cache
+def stacked_grad_kernel(layout, map_fn: Callable | None = None) -> Callable:
+    """Jitted ``f(params_k [K,...], chunk [C,...], state_k=None) -> [K, C, P]`` (mapped by
+    ``map_fn`` at ``state_k``: :class:`GradientMap`) at every checkpoint."""
+
+    def one(params, ex, state):
+        return flat_grad_one(layout.loss_one, params, ex, map_fn, state)
+
+    per_event = jax.vmap(one, in_axes=(None, 0, None))
+
+    @jax.jit
+    def f(params_k, chunk, state_k):
+        return jax.vmap(lambda p, s: per_event(p, chunk, s))(params_k, state_k)
+
+    return optional_state(f)
 
 
 @functools.lru_cache(maxsize=32)
@@ -446,16 +529,19 @@ def stack_params(params_list: list[Params]) -> Params:
 OUTPUTS = ("loss", "margin")
 
 
-@functools.lru_cache(maxsize=32)
-def projected_grad_kernel(layout, projector, output: str = "loss") -> Callable:
-    """Jitted ``f(params_k [K,...], chunk [C,...]) -> (features [K, C, d], values [K, C])``.
+@kernel_cache
+def projected_grad_kernel(
+    layout, projector, output: str = "loss", map_fn: Callable | None = None
+) -> Callable:
+    """Jitted ``f(params_k [K,...], chunk [C,...], state_k=None) -> (features [K, C, d],
+    values [K, C])``.
 
     ``values`` is the per-event ``output`` function (``"loss"``: the training loss, TracIn;
     ``"margin"``: the logit margin of the true class, TRAK's model output) and ``features`` its
-    gradient projected by the keyed ``projector`` (:mod:`hepattr_jax.projection`), one
-    checkpoint at a time. Each block of the projection is generated once per checkpoint and
-    chunk and applied to all ``C`` events; only one chunk's gradients exist at once, never the
-    data set's.
+    gradient (mapped by ``map_fn`` at ``state_k``, :class:`GradientMap`) projected by the keyed
+    ``projector`` (:mod:`hepattr_jax.projection`), one checkpoint at a time. Each block of the
+    projection is generated once per checkpoint and chunk and applied to all ``C`` events; only
+    one chunk's gradients exist at once, never the data set's.
     """
     from hepattr_jax.projection import project_batch
 
@@ -463,18 +549,29 @@ def projected_grad_kernel(layout, projector, output: str = "loss") -> Callable:
         raise ConfigError(f"output {output!r}: use one of {OUTPUTS}")
     fn = layout.loss_one if output == "loss" else layout.margin_one
     if getattr(projector, "structure", "dense") == "kronecker":
-        return _kronecker_kernel(layout, fn, projector)
-    per_event = jax.vmap(jax.value_and_grad(fn), in_axes=(None, 0))
+        if map_fn is not None:
+            raise ConfigError(
+                "a per-layer (Kronecker) projection projects captured rows, not a gradient, "
+                "so it cannot take a gradient map (Adam, EK-FAC, cosine); use a dense projector"
+            )
+        kernel = _kronecker_kernel(layout, fn, projector)
+        return lambda params_k, chunk, state_k=None: kernel(params_k, chunk)
+
+    def one(params, state, ex):
+        value, g = jax.value_and_grad(fn)(params, ex)
+        return value, (g if map_fn is None else map_fn(state, g))
+
+    per_event = jax.vmap(one, in_axes=(None, None, 0))
 
     @jax.jit
-    def f(params_k, chunk):
-        def one_checkpoint(params):
-            values, grads = per_event(params, chunk)
+    def f(params_k, chunk, state_k):
+        def one_checkpoint(ps):
+            values, grads = per_event(ps[0], ps[1], chunk)
             return project_batch(projector, grads), values
 
-        return jax.lax.map(one_checkpoint, params_k)
+        return jax.lax.map(one_checkpoint, (params_k, state_k))
 
-    return f
+    return optional_state(f)
 
 
 def graph_level_layers(layout, fn: Callable, params: Params, ex) -> frozenset:

@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from hepattr_jax.checkpoints import CheckpointStore, params_subtree
@@ -20,6 +21,7 @@ from hepattr_jax.errors import CheckpointError
 from hepattr_jax.tracin import Checkpoints
 from hepattr_jax.train import (
     PreparedData,
+    adam_second_moment,
     init_state,
     make_optimizer,
     make_schedule,
@@ -139,11 +141,14 @@ def load_run(
     tx = make_optimizer(config, make_schedule(config, steps_per_epoch))
     example = data.train.training_batch(np.arange(min(len(data.train), config.batch_size)), budget)
     target = init_state(config, model, tx, example)
-    params, lrs, hashes = [], [], []
+    params, lrs, hashes, moments = [], [], [], []
     for step in steps:
         state, meta = store.restore_with_meta(step, target)
         params.append(params_subtree(state))
         lrs.append(meta["lr"])
         hashes.append(meta["params_hash"])
-    ckpts = Checkpoints.from_list(params, lrs, steps, hashes)
+        where = f"{run_dir / 'checkpoints'} step {step}"
+        v = adam_second_moment(state["opt_state"], where)
+        moments.append(jax.tree_util.tree_map(lambda x, p: x.astype(p.dtype), v, params[-1]))
+    ckpts = Checkpoints.from_list(params, lrs, steps, hashes, moments)
     return Run(run_dir, config, model, data, ckpts)

@@ -34,10 +34,14 @@ from hepattr_jax.errors import ConfigError
 from hepattr_jax.graphs import Budget, GraphSet
 from hepattr_jax.losses import example_loss
 from hepattr_jax.per_example import (
+    GradientMap,
     capture_self_influence_kernel,
     check_layerwise,
     flat_grad_one,
+    kernel_cache,
     layer_energy_kernel,
+    map_parts,
+    optional_state,
     projected_grad_kernel,
     self_influence_kernel,
     stack_params,
@@ -57,20 +61,33 @@ class Checkpoints:
       lrs: float ``[K]``, the learning rate the schedule used at each checkpoint (``eta_k``).
       steps: the K optimiser steps.
       hashes: content hash of each checkpoint's parameters (for score-store metadata).
+      second_moments: Adam's bias-corrected second-moment estimate ``v_k / (1 - b2^t_k)`` at
+        each checkpoint (the parameters' tree, leading axis ``K``), what Adam-aware TracIn's
+        preconditioner is made of (:mod:`hepattr_jax.adam`); None when the optimiser state is
+        not known.
     """
 
     params: Params
     lrs: np.ndarray
     steps: tuple[int, ...] = ()
     hashes: tuple[str, ...] = ()
+    second_moments: Params | None = None
 
     @classmethod
-    def from_list(cls, params_list: Sequence[Params], lrs: Sequence[float], steps=(), hashes=()):
+    def from_list(
+        cls,
+        params_list: Sequence[Params],
+        lrs: Sequence[float],
+        steps=(),
+        hashes=(),
+        second_moments: Sequence[Params] | None = None,
+    ):
         return cls(
             stack_params(list(params_list)),
             np.asarray(lrs, np.float64),
             tuple(steps),
             tuple(hashes),
+            None if second_moments is None else stack_params(list(second_moments)),
         )
 
     def __len__(self) -> int:
@@ -86,11 +103,15 @@ class Checkpoints:
         def pick(seq):
             return tuple(seq[i] for i in idx) if len(seq) else ()
 
+        def take(tree):
+            return None if tree is None else jax.tree_util.tree_map(lambda x: x[idx], tree)
+
         return Checkpoints(
-            jax.tree_util.tree_map(lambda x: x[idx], self.params),
+            take(self.params),
             self.lrs[idx],
             pick(self.steps),
             pick(self.hashes),
+            take(self.second_moments),
         )
 
     def lr_array(self):
@@ -180,31 +201,41 @@ def self_influence(
     skip_chunk: Callable[[int], bool] | None = None,
     mesh=None,
     method: str = "autodiff",
+    gradient_map: GradientMap | None = None,
 ) -> np.ndarray:
     """Self-influence of the events of ``gs`` (in stored order): ``[N]``, or ``[K, N]``.
 
     ``method``: ``"autodiff"`` (``||jax.grad||^2`` per event, the default) or ``"capture"``
     (per dense layer from its captured inputs and output gradients, by ghost norms where they
     are cheaper: :func:`hepattr_jax.per_example.capture_self_influence_kernel`); both exact.
+    ``gradient_map``: :class:`~hepattr_jax.per_example.GradientMap` ``psi_k``, giving
+    ``sum_k lr_k ||psi_k(g)||^2`` (Adam-aware TracIn, EK-FAC, cosine; ``"autodiff"`` only).
 
     ``on_chunk(index, positions, values [K, c])`` and ``skip_chunk(index)`` let a score store
     persist chunks and skip those already on disk (see :mod:`hepattr_jax.store`); chunk indices
     are deterministic for a given ``gs``, layout and ``chunk_size``. With a ``mesh``
     (:func:`hepattr_jax.sharding.event_mesh`) each chunk's events are split over its devices.
     """
+    map_fn, map_state = map_parts(gradient_map)
     if method == "autodiff":
-        kernel = self_influence_kernel(layout)
+        kernel = self_influence_kernel(layout, map_fn)
     elif method == "capture":
+        if gradient_map is not None:
+            raise ConfigError(
+                f"self-influence method 'capture' computes plain gradient norms; the gradient "
+                f"map {gradient_map.name!r} needs method='autodiff'"
+            )
         check_layerwise(layout, ckpts.params, gs, "loss")
         kernel = capture_self_influence_kernel(layout)
     else:
         raise ConfigError(f"self-influence method {method!r}: use 'autodiff' or 'capture'")
     out = np.zeros((len(ckpts), len(gs)))
-    params, lrs = replicate((ckpts.params, ckpts.lr_array()), mesh)
+    params, lrs, state = replicate((ckpts.params, ckpts.lr_array(), map_state), mesh)
+    extra = () if state is None else (state,)  # the capture kernel takes no map state
     for _, pos, vals in stream(
         layout,
         gs,
-        lambda data: kernel(params, lrs, data),
+        lambda data: kernel(params, lrs, data, *extra),
         chunk_size=chunk_size,
         positions=positions,
         desc="self-influence",
@@ -228,11 +259,18 @@ def _scatter_rows_kernel() -> Callable:
 
 
 def _test_grads(
-    layout, ckpts: Checkpoints, test: GraphSet, positions: np.ndarray, chunk_size: int, mesh
+    layout,
+    ckpts: Checkpoints,
+    test: GraphSet,
+    positions: np.ndarray,
+    chunk_size: int,
+    mesh,
+    gradient_map: GradientMap | None = None,
 ) -> jax.Array:
-    """``[K, M, P]`` flat gradients of the test events at ``positions`` (in that order), built
-    in one device buffer (each chunk written in place), so they are held once."""
-    kernel = stacked_grad_kernel(layout)
+    """``[K, M, P]`` flat (mapped) gradients of the test events at ``positions`` (in that
+    order), built in one device buffer (each chunk written in place), so they are held once."""
+    kernel = stacked_grad_kernel(layout, map_parts(gradient_map)[0])
+    state = replicate(map_parts(gradient_map)[1], mesh)
     where = np.full(len(test), -1, np.int64)
     where[positions] = np.arange(len(positions))
     flat0 = ravel_pytree(ckpts.at(0))[0]
@@ -242,26 +280,31 @@ def _test_grads(
     for chunk in layout.chunks(test, chunk_size, positions):
         rows = np.full(chunk_size, len(positions), np.int64)  # filler rows: out of range, dropped
         rows[: len(chunk.positions)] = where[chunk.positions]
-        buf = write(buf, kernel(params, shard_events(chunk.data, mesh)), rows)
+        buf = write(buf, kernel(params, shard_events(chunk.data, mesh), state), rows)
     return buf
 
 
-@functools.lru_cache(maxsize=32)
-def _train_test_kernel(layout) -> Callable:
-    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [K, M, P]) -> [M, C]`` (cached)."""
-    per_event = jax.vmap(functools.partial(flat_grad_one, layout.loss_one), in_axes=(None, 0))
+@kernel_cache
+def _train_test_kernel(layout, map_fn: Callable | None = None) -> Callable:
+    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [K, M, P], state_k=None) -> [M, C]``
+    (train gradients mapped by ``map_fn`` at ``state_k``, as the test gradients were; cached)."""
+
+    def one(params, ex, state):
+        return flat_grad_one(layout.loss_one, params, ex, map_fn, state)
+
+    per_event = jax.vmap(one, in_axes=(None, 0, None))
 
     @jax.jit
-    def f(params_k, lr_k, chunk, test_grads):
+    def f(params_k, lr_k, chunk, test_grads, state_k):
         def body(acc, xs):
-            params, lr, g_te = xs
-            return acc + lr * (g_te @ per_event(params, chunk).T), None
+            params, lr, g_te, state = xs
+            return acc + lr * (g_te @ per_event(params, chunk, state).T), None
 
         c = jax.tree_util.tree_leaves(chunk)[0].shape[0]
         acc0 = jnp.zeros((test_grads.shape[1], c), jnp.result_type(test_grads, lr_k))
-        return jax.lax.scan(body, acc0, (params_k, lr_k, test_grads))[0]
+        return jax.lax.scan(body, acc0, (params_k, lr_k, test_grads, state_k))[0]
 
-    return f
+    return optional_state(f)
 
 
 def train_test_chunks(
@@ -276,6 +319,7 @@ def train_test_chunks(
     progress: bool = True,
     skip_chunk: Callable[[int], bool] | None = None,
     mesh=None,
+    gradient_map: GradientMap | None = None,
 ) -> None:
     """Streams train x test influence: ``consume(index, block [M_b], train_positions [c],
     scores float64 [c, M_b])`` for every (test block, train chunk) not skipped.
@@ -288,8 +332,9 @@ def train_test_chunks(
     """
     check_chunk_size(chunk_size, mesh)
     test_block = test_block or default_test_block(ckpts)
-    kernel = _train_test_kernel(layout)
-    params, lrs = replicate((ckpts.params, ckpts.lr_array()), mesh)
+    map_fn, map_state = map_parts(gradient_map)
+    kernel = _train_test_kernel(layout, map_fn)
+    params, lrs, state = replicate((ckpts.params, ckpts.lr_array(), map_state), mesh)
     n = len(train)
     blocks = [np.arange(s, min(s + test_block, len(test))) for s in range(0, len(test), test_block)]
     for b, block in enumerate(blocks):
@@ -298,8 +343,10 @@ def train_test_chunks(
 
         def chunk_fn(data, block=block, held=held):
             if "g_te" not in held:
-                held["g_te"] = _test_grads(layout, ckpts, test, block, chunk_size, mesh)
-            return kernel(params, lrs, data, held["g_te"])
+                held["g_te"] = _test_grads(
+                    layout, ckpts, test, block, chunk_size, mesh, gradient_map
+                )
+            return kernel(params, lrs, data, held["g_te"], state)
 
         skip = None
         if skip_chunk is not None:
@@ -343,8 +390,10 @@ def influence_matrix(
     mesh=None,
     on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     skip_chunk: Callable[[int], bool] | None = None,
+    gradient_map: GradientMap | None = None,
 ) -> np.ndarray:
-    """``[N_train, N_test]`` TracIn influence, exact (``mesh``: see :func:`self_influence`).
+    """``[N_train, N_test]`` TracIn influence, exact (``mesh``, ``gradient_map``: see
+    :func:`self_influence`).
 
     ``on_chunk(index, train_positions [c], values [M_b, c])`` (the rows of test block ``b``,
     see :func:`train_test_chunks` for ``index``) and ``skip_chunk(index)`` let a store persist
@@ -368,6 +417,7 @@ def influence_matrix(
         progress=progress,
         skip_chunk=skip_chunk,
         mesh=mesh,
+        gradient_map=gradient_map,
     )
     return out
 
@@ -436,6 +486,7 @@ def top_k(
     test_block: int | None = None,
     progress: bool = True,
     mesh=None,
+    gradient_map: GradientMap | None = None,
 ) -> TopK:
     """Top-k proponents and opponents of every test event, merged chunk by chunk (streaming:
     each chunk's own top-k, :func:`chunk_top_k`, merged into its block's by
@@ -458,6 +509,7 @@ def top_k(
         test_block=test_block,
         progress=progress,
         mesh=mesh,
+        gradient_map=gradient_map,
     )
     rows = sorted(parts)
     pro_s, pro_i, opp_s, opp_i = (np.concatenate([parts[r][j] for r in rows]) for j in range(4))
@@ -489,6 +541,7 @@ def projected_features(
     with_values: bool = False,
     on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     skip_chunk: Callable[[int], bool] | None = None,
+    gradient_map: GradientMap | None = None,
 ):
     """``[K, N, d]`` projected per-event gradients ``phi_k(z) = grad f(z; theta_k) R`` (float32
     unless the parameters are float64), events in stored order; ``f`` is the ``output``
@@ -497,19 +550,20 @@ def projected_features(
     With ``with_values`` also returns ``f(z; theta_k)`` ``[K, N]``. ``on_chunk(index, positions,
     values [K, d + 1, c])`` (features, then ``f`` as the last row) and ``skip_chunk`` persist and
     resume chunks as in :func:`self_influence`; skipped chunks are left 0 in the result, which is
-    then the caller's to fill from its store. ``mesh``: see :func:`self_influence`.
+    then the caller's to fill from its store. ``mesh``, ``gradient_map`` (projecting
+    ``psi_k(grad f)``; dense projectors only): see :func:`self_influence`.
     """
     if getattr(projector, "structure", "dense") == "kronecker":
         check_layerwise(layout, ckpts.params, gs, output)
-    kernel = projected_grad_kernel(layout, projector, output)
+    kernel = projected_grad_kernel(layout, projector, output, map_parts(gradient_map)[0])
     dtype = jax.tree_util.tree_leaves(ckpts.params)[0].dtype
     d = projector.proj_dim
     out = np.zeros((len(ckpts), len(gs), d), dtype)
     values = np.zeros((len(ckpts), len(gs)), np.float64)
-    params = replicate(ckpts.params, mesh)
+    params, state = replicate((ckpts.params, map_parts(gradient_map)[1]), mesh)
 
     def chunk_fn(data):
-        feats, vals = kernel(params, data)  # [K, C, d], [K, C]
+        feats, vals = kernel(params, data, state)  # [K, C, d], [K, C]
         return jnp.concatenate([feats.transpose(0, 2, 1), vals[:, None, :]], axis=1)
 
     for _, pos, both in stream(

@@ -45,7 +45,7 @@ from hepattr_jax.checkpoints import CheckpointStore
 from hepattr_jax.config import TrainConfig, load_run_config
 from hepattr_jax.data.events import EventSet, Normalizer, split_by_id
 from hepattr_jax.data.registry import load_dataset
-from hepattr_jax.errors import ConfigError, DataError
+from hepattr_jax.errors import CheckpointError, ConfigError, DataError
 from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz, ensure_dir
 from hepattr_jax.losses import mean_loss, per_graph_loss
@@ -137,8 +137,35 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warm), decay], [warm])
 
 
+#: AdamW's moment decay rates and epsilon (optax's defaults, named: Adam-aware TracIn's
+#: preconditioner, :mod:`hepattr_jax.adam`, is made of the same second moment and epsilon).
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
 def make_optimizer(config: TrainConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
-    return optax.adamw(schedule, weight_decay=config.weight_decay)
+    return optax.adamw(
+        schedule, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS, weight_decay=config.weight_decay
+    )
+
+
+def adam_second_moment(opt_state, where: str = "optimiser state"):
+    """Adam's bias-corrected second moment ``v / (1 - b2^t)`` (the parameters' tree, float64
+    NumPy) from an optax Adam/AdamW state (its ``nu`` and ``count``).
+
+    Raises:
+      CheckpointError: the state has no Adam moments, or no step was taken (``t = 0``).
+    """
+    nu = optax.tree_utils.tree_get(opt_state, "nu")
+    count = optax.tree_utils.tree_get(opt_state, "count")
+    if nu is None or count is None:
+        raise CheckpointError(f"{where}: no Adam second moment (nu, count) in the optimiser state")
+    t = int(np.asarray(count))
+    if t < 1:
+        raise CheckpointError(
+            f"{where}: Adam has taken no step (count 0), so nu is not an estimate"
+        )
+    scale = 1.0 / (1.0 - ADAM_B2**t)
+    return jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64) * scale, nu)
 
 
 # --------------------------------------------------------------------- steps
