@@ -1,7 +1,7 @@
 """Per-event losses with padding masks.
 
-``bce_with_logits(z, y) = max(z, 0) - z y + log(1 + exp(-|z|))``, the numerically stable sigmoid
-binary cross-entropy. Losses of padding graphs are removed with ``jnp.where`` (not multiplied by
+``bce_with_logits(z, y) = softplus(z) - z y``, the numerically stable sigmoid binary
+cross-entropy, with the exact derivative ``sigmoid(z) - y`` everywhere. Losses of padding graphs are removed with ``jnp.where`` (not multiplied by
 the mask): since every model keeps padding logits finite, their gradient is then exactly zero.
 """
 
@@ -19,7 +19,12 @@ ApplyFn = Callable[..., jax.Array]
 
 
 def bce_with_logits(logits: jax.Array, labels: ArrayLike) -> jax.Array:
-    return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    """``softplus(z) - z y``. ``jax.nn.softplus`` (``logaddexp(z, 0)``: the same stable value as
+    ``max(z, 0) + log(1 + exp(-|z|))``) carries its own derivative ``sigmoid(z)``, which is right
+    at ``z = 0`` too; differentiating ``max`` and ``|z|`` there gives a subgradient instead
+    (``-1`` or ``0`` in place of ``-+1/2``), which a zero-initialised readout hits on every
+    event."""
+    return jax.nn.softplus(logits) - logits * labels
 
 
 def per_graph_loss(apply_fn: ApplyFn, params, batch: Batch) -> jax.Array:

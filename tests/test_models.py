@@ -118,3 +118,6 @@ def test_bce_with_logits_matches_the_definition():
     z64, y64 = np.asarray(z, np.float64), np.asarray(y, np.float64)
     ref = np.logaddexp(0.0, z64) - y64 * z64  # -log sigmoid(z)^y (1 - sigmoid(z))^(1 - y)
     np.testing.assert_allclose(bce_with_logits(z, y), ref, rtol=1e-6)
+    # its derivative is sigmoid(z) - y everywhere, z = 0 included (a zero-initialised readout)
+    grad = jax.vmap(jax.grad(bce_with_logits))(z, y)
+    np.testing.assert_allclose(grad, 1.0 / (1.0 + np.exp(-z64)) - y64, rtol=1e-6, atol=1e-7)
