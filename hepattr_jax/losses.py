@@ -1,8 +1,9 @@
 """Per-event losses with padding masks.
 
 ``bce_with_logits(z, y) = softplus(z) - z y``, the numerically stable sigmoid binary
-cross-entropy, with the exact derivative ``sigmoid(z) - y`` everywhere. Losses of padding graphs are removed with ``jnp.where`` (not multiplied by
-the mask): since every model keeps padding logits finite, their gradient is then exactly zero.
+cross-entropy, with the exact derivative ``sigmoid(z) - y`` everywhere. Losses of padding
+graphs are removed with ``jnp.where`` (not multiplied by the mask): since every model keeps
+padding logits finite, their gradient is then exactly zero.
 """
 
 from __future__ import annotations
