@@ -180,3 +180,43 @@ def linear_datamodeling_score(
     per_event = spearman_columns(masks.astype(np.float64) @ scores, margins)
     finite = per_event[np.isfinite(per_event)]
     return (float(finite.mean()) if len(finite) else float("nan")), per_event
+
+
+def lds_interval(
+    predictions: np.ndarray,
+    margins: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """LDS of predicted margins ``[S, M]`` (``masks @ scores``, or any predictor) against the
+    trained models' ``margins`` ``[S, M]``, with a percentile bootstrap interval that resamples
+    the subset models *and* the test events (both with replacement, jointly): the two sources of
+    noise in an LDS figure (which subsets were drawn, which test events were scored).
+
+    Returns ``{"lds", "low", "high", "n_boot", "level"}``; the point estimate is the plain LDS
+    (mean Spearman over test events, constant columns left out, as
+    :func:`linear_datamodeling_score`).
+    """
+    pred = np.asarray(predictions, np.float64)
+    marg = np.asarray(margins, np.float64)
+    if pred.shape != marg.shape or pred.ndim != 2:
+        raise ValueError(f"predictions {pred.shape} and margins {marg.shape}: want equal [S, M]")
+    point = spearman_columns(pred, marg)
+    rng = np.random.default_rng(seed)
+    s, m = pred.shape
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        rows, cols = rng.integers(0, s, s), rng.integers(0, m, m)
+        per = spearman_columns(pred[np.ix_(rows, cols)], marg[np.ix_(rows, cols)])
+        boots[b] = np.nanmean(per) if np.isfinite(per).any() else np.nan
+    alpha = (1 - level) / 2
+    low, high = np.nanquantile(boots, [alpha, 1 - alpha])
+    return {
+        "lds": float(np.nanmean(point)),
+        "low": float(low),
+        "high": float(high),
+        "n_boot": int(n_boot),
+        "level": float(level),
+    }

@@ -155,10 +155,16 @@ def adam_second_moment(opt_state, where: str = "optimiser state"):
     Raises:
       CheckpointError: the state has no Adam moments, or no step was taken (``t = 0``).
     """
-    nu = optax.tree_utils.tree_get(opt_state, "nu")
-    count = optax.tree_utils.tree_get(opt_state, "count")
-    if nu is None or count is None:
-        raise CheckpointError(f"{where}: no Adam second moment (nu, count) in the optimiser state")
+    def is_adam(x):
+        return isinstance(x, optax.ScaleByAdamState)
+
+    found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=is_adam) if is_adam(x)]
+    if len(found) != 1:
+        raise CheckpointError(
+            f"{where}: {len(found)} Adam states (ScaleByAdamState: nu, count) in the optimiser "
+            "state; Adam-aware TracIn needs exactly one"
+        )
+    nu, count = found[0].nu, found[0].count
     t = int(np.asarray(count))
     if t < 1:
         raise CheckpointError(

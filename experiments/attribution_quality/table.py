@@ -1,0 +1,426 @@
+"""One quality table: every attribution method on the quark/gluon jets, with the same ground truth.
+
+Command (from the repository root; ~30 min on a quiet 2-core CPU, resumable)::
+
+    .venv/bin/python -m experiments.attribution_quality.table
+
+Methods (train x test scores for LDS, self-influence for mislabel detection):
+
+* ``tracin``: exact TracIn over all 8 checkpoints of reference run seed 0 (SGD-step weighting);
+* ``tracin_adam``: Adam-aware TracIn, ``eta_k <g', P_k g>`` with Adam's preconditioner saved at
+  each checkpoint (:mod:`hepattr_jax.adam`);
+* ``cosine``: gradient-cosine over the same checkpoints (:mod:`hepattr_jax.cosine`; its
+  self-influence is a constant, so it has no mislabel row);
+* ``trak_1model``, ``trak_8ckpts``, ``trak_5models``: TRAK at d = 512 (dense projection) with
+  the last checkpoint of seed 0, all its checkpoints, the last checkpoints of seeds 0-4;
+* ``ekfac_1model``, ``ekfac_5models``: EK-FAC influence functions (:mod:`hepattr_jax.ekfac`,
+  reduce factors, true Fisher, damping 0.1 x mean eigenvalue per block) at the last checkpoint
+  of seed 0, and the mean over the last checkpoints of seeds 0-4;
+* baselines: random scores (LDS and mislabel) and each event's final training loss (mislabel).
+
+Ground truth (the LDS set-up of ``run.py``, shared with it): 64 models on random half subsets
+(``subset_margins.npz`` in ``run.py``'s cache), and a second, independent draw of the same 64
+subsets with other initialisations and batch orders (training seed 1): the LDS of the first
+draw's margins as a predictor of the second's is the ceiling any attribution can reach here.
+LDS intervals: 95 % percentile bootstrap over subset models and test jets jointly
+(:func:`hepattr_jax.evaluation.lds_interval`, 1,000 resamples).
+
+Mislabel detection: three runs on the same 2,000 training jets with 10 % of the labels flipped
+(flip seeds 0, 1, 2; training seed 0, 8 epochs), each method's self-influence on the noisy
+training set ranked against the flipped mask.
+
+Compute seconds: the method's scoring on this machine, compilation apart (XLA lowering and
+backend compile time, from JAX's monitoring events, subtracted and reported beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments.attribution_quality.run import (
+    ALPHA,
+    CHUNK,
+    N_SUBSETS,
+    N_TRAIN,
+    RUN_SEEDS,
+    SUBSET_SEED,
+    TRAK_DIM,
+    lds_data,
+)
+from hepattr_jax import ekfac, evaluation, trak
+from hepattr_jax.adam import adam_gradient_map
+from hepattr_jax.cosine import cosine_gradient_map
+from hepattr_jax.datamodels import subset_masks, train_subset_models
+from hepattr_jax.environment import provenance
+from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz, atomic_write_text
+from hepattr_jax.per_example import layout_for
+from hepattr_jax.projection import Projector
+from hepattr_jax.runs import load_run
+from hepattr_jax.tracin import influence_matrix, self_influence
+from hepattr_jax.train import evaluate_events, train
+
+RESULTS = Path(__file__).parent / "results"
+FLIP_FRACTION, FLIP_SEEDS = 0.1, (0, 1, 2)
+TRAK_DAMPING = 1e-3  # run.py's DAMPING: of the mean eigenvalue of Phi^T Phi
+EKFAC_DAMPING = 0.1
+SECOND_DRAW_SEED = 1
+N_BOOT = 1000
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+@contextlib.contextmanager
+def clock():
+    """``{"seconds", "compile_seconds"}`` of the block: wall time, and the part of it spent
+    lowering and compiling (JAX's monitoring events)."""
+    box = {"compile_seconds": 0.0}
+
+    def listener(event, duration, **kwargs):
+        if event in COMPILE_EVENTS:
+            box["compile_seconds"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    t0 = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box["seconds"] = time.perf_counter() - t0
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def cached(path: Path, fn):
+    """``fn()`` (a dict of arrays), timed, saved to ``path``; or read back from it."""
+    if path.exists():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    with clock() as t:
+        out = fn()
+    out["seconds"] = np.float64(t["seconds"] - t["compile_seconds"])
+    out["compile_seconds"] = np.float64(t["compile_seconds"])
+    atomic_write_npz(path, out)
+    print(f"{path.name}: {t['seconds']:.0f} s ({t['compile_seconds']:.0f} s compiling)", flush=True)
+    return out
+
+
+def last(ck):
+    return ck.select([len(ck) - 1])
+
+
+def ekfac_scores(run, train_gs, test_gs=None):
+    """EK-FAC at ``run``'s last checkpoint: ``{"scores": [N, M]}`` and/or ``{"si": [N]}``."""
+    lay = layout_for(run.model, train_gs)
+    ck = last(run.checkpoints)
+    fac = ekfac.fit(lay, ck, train_gs, chunk_size=CHUNK)
+    gm = ekfac.ekfac_gradient_map(fac, damping=EKFAC_DAMPING)
+    ek = ekfac.ekfac_checkpoints(ck)
+    out = {"si": self_influence(lay, ek, train_gs, chunk_size=CHUNK, gradient_map=gm)}
+    if test_gs is not None:
+        out["scores"] = influence_matrix(
+            lay, ek, train_gs, test_gs, chunk_size=CHUNK, gradient_map=gm
+        )
+    return out
+
+
+def trak_features(run, ck, train_gs, test_gs=None):
+    lay = layout_for(run.model, train_gs)
+    proj = Projector(TRAK_DIM, seed=0)
+    ftr, mtr = trak.featurize(lay, ck, train_gs, proj, chunk_size=CHUNK)
+    out = {"ftr": ftr, "mtr": mtr}
+    if test_gs is not None:
+        out["fte"] = trak.featurize(lay, ck, test_gs, proj, chunk_size=CHUNK)[0]
+    return out
+
+
+def lds_methods(cache: Path, runs, train_gs, test_gs) -> dict[str, dict]:
+    """Every method's ``[N, M]`` scores (and timing) on the LDS set."""
+    run0 = runs[0]
+    lay = layout_for(run0.model, train_gs)
+    ck = run0.checkpoints
+    out = {}
+
+    def tracin_variant(gm):
+        return lambda: {
+            "scores": influence_matrix(
+                lay, ck, train_gs, test_gs, chunk_size=CHUNK, gradient_map=gm
+            )
+        }
+
+    out["tracin"] = cached(cache / "lds_tracin.npz", tracin_variant(None))
+    out["tracin_adam"] = cached(
+        cache / "lds_tracin_adam.npz", tracin_variant(adam_gradient_map(ck))
+    )
+    out["cosine"] = cached(cache / "lds_cosine.npz", tracin_variant(cosine_gradient_map()))
+
+    feats = {
+        (s, which): cached(
+            cache / f"trak_features_seed{s}_{which}.npz",
+            lambda s=s, which=which: trak_features(
+                runs[s],
+                runs[s].checkpoints if which == "all" else last(runs[s].checkpoints),
+                train_gs,
+                test_gs,
+            ),
+        )
+        for s, which in [(0, "all"), *((s, "last") for s in RUN_SEEDS)]
+    }
+
+    def trak_method(name, members):
+        def f():
+            parts = [feats[m] for m in members]
+            cat = lambda key: np.concatenate([p[key] for p in parts])  # noqa: E731
+            return {
+                "scores": trak.trak_scores(cat("ftr"), cat("mtr"), cat("fte"), damping=TRAK_DAMPING)
+            }
+
+        r = cached(cache / f"lds_{name}.npz", f)
+        r["seconds"] = r["seconds"] + sum(float(feats[m]["seconds"]) for m in members)
+        r["compile_seconds"] = r["compile_seconds"] + sum(
+            float(feats[m]["compile_seconds"]) for m in members
+        )
+        out[name] = r
+
+    trak_method("trak_1model", [(0, "last")])
+    trak_method("trak_8ckpts", [(0, "all")])
+    trak_method("trak_5models", [(s, "last") for s in RUN_SEEDS])
+
+    each = {
+        s: cached(
+            cache / f"ekfac_seed{s}.npz", lambda s=s: ekfac_scores(runs[s], train_gs, test_gs)
+        )
+        for s in RUN_SEEDS
+    }
+    out["ekfac_1model"] = each[0]
+    out["ekfac_5models"] = {
+        "scores": np.mean([each[s]["scores"] for s in RUN_SEEDS], axis=0),
+        "seconds": sum(float(each[s]["seconds"]) for s in RUN_SEEDS),
+        "compile_seconds": sum(float(each[s]["compile_seconds"]) for s in RUN_SEEDS),
+    }
+    out["random"] = {
+        "scores": np.random.default_rng(7).normal(size=(len(train_gs), len(test_gs))),
+        "seconds": 0.0,
+        "compile_seconds": 0.0,
+    }
+    return out
+
+
+def mislabel_seed(cache: Path, out_dir: Path, config, data, seed: int) -> dict[str, dict]:
+    """One flip seed: every method's self-influence on the noisy training set, ranked."""
+    labels, flipped = evaluation.flip_labels(data.train.events.labels, FLIP_FRACTION, seed)
+    ev = dataclasses.replace(data.train.events, labels=labels.astype(np.int32))
+    noisy = data.with_train(dataclasses.replace(data.train, events=ev))
+    run_dir = out_dir / "runs" / f"noisy_flip{seed}"
+    if not (run_dir / "metrics.json").exists():
+        train(config.replace(seed=0), run_dir, data=noisy, progress=False)
+    run = load_run(run_dir, data=noisy)
+    gs, ck = noisy.train, run.checkpoints
+    lay = layout_for(run.model, gs)
+    tag = f"mis_flip{seed}"
+
+    def trak_si():
+        f = trak_features(run, last(ck), gs)
+        return {"si": trak.trak_self_influence(f["ftr"], f["mtr"], damping=TRAK_DAMPING)}
+
+    def tracin_si(gm):
+        return lambda: {"si": self_influence(lay, ck, gs, chunk_size=CHUNK, gradient_map=gm)}
+
+    si = {
+        "tracin": cached(cache / f"{tag}_tracin.npz", tracin_si(None)),
+        "tracin_adam": cached(cache / f"{tag}_tracin_adam.npz", tracin_si(adam_gradient_map(ck))),
+        "ekfac_1model": cached(cache / f"{tag}_ekfac.npz", lambda: ekfac_scores(run, gs)),
+        "trak_1model": cached(cache / f"{tag}_trak.npz", trak_si),
+        "loss": cached(
+            cache / f"{tag}_loss.npz",
+            lambda: {"si": evaluate_events(run.model.apply, last(ck).at(0), gs)[1]},
+        ),
+        "random": {
+            "si": np.random.default_rng([7, seed]).normal(size=len(gs)),
+            "seconds": 0.0,
+            "compile_seconds": 0.0,
+        },
+    }
+    return {
+        name: {
+            **evaluation.detection_rates(r["si"], flipped),
+            "seconds": float(r["seconds"]),
+            "compile_seconds": float(r["compile_seconds"]),
+        }
+        for name, r in si.items()
+    }
+
+
+def run_table(out: Path) -> Path:
+    cache = out / "cache"
+    own = out / "table_cache"
+    own.mkdir(parents=True, exist_ok=True)
+    config, data = lds_data()
+    train_gs, test_gs = data.train, data.test
+    runs = {}
+    for s in RUN_SEEDS:
+        run_dir = out / "runs" / f"seed{s}"
+        if not (run_dir / "metrics.json").exists():
+            train(config.replace(seed=s), run_dir, data=data, progress=False)
+        runs[s] = load_run(run_dir, data=data)
+
+    # the scores first (minutes each), the second ground-truth draw (the longest stage) last
+    methods = lds_methods(own, runs, train_gs, test_gs)
+    mislabel = {}
+    for seed in FLIP_SEEDS:
+        mislabel[f"flip{seed}"] = rows = mislabel_seed(own, out, config, data, seed)
+        aurocs = ", ".join(f"{k} {v['detector_auroc']:.3f}" for k, v in rows.items())
+        print(f"mislabel flip{seed}: {aurocs}", flush=True)
+
+    masks = subset_masks(N_TRAIN, N_SUBSETS, ALPHA, SUBSET_SEED)
+    draws = []
+    for name, seed in (
+        ("subset_margins.npz", config.seed),
+        ("subset_margins_draw2.npz", SECOND_DRAW_SEED),
+    ):
+        folder = cache if name == "subset_margins.npz" else own
+        r = cached(
+            folder / name,
+            lambda seed=seed: {
+                "margins": train_subset_models(
+                    config.replace(seed=seed), data, masks, {"test": test_gs}, group=16
+                )["test"]
+            },
+        )
+        draws.append(r["margins"])
+    ceiling = evaluation.lds_interval(draws[0], draws[1], n_boot=N_BOOT)
+    print(f"ceiling (draw 1 predicting draw 2): {ceiling}", flush=True)
+
+    lds = {}
+    for name, r in methods.items():
+        lds[name] = {
+            **evaluation.lds_interval(
+                masks.astype(np.float64) @ r["scores"], draws[0], n_boot=N_BOOT
+            ),
+            "lds_draw2": float(
+                evaluation.linear_datamodeling_score(r["scores"], masks, draws[1])[0]
+            ),
+            "seconds": float(r["seconds"]),
+            "compile_seconds": float(r["compile_seconds"]),
+        }
+        v = lds[name]
+        print(f"LDS {name:14s} {v['lds']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]", flush=True)
+
+    results = {
+        "date": datetime.date.today().isoformat(),
+        **provenance(),
+        "command": ".venv/bin/python -m experiments.attribution_quality.table",
+        "setup": {
+            "task": "quark/gluon jets (GNN-IRST split), EdgeConv with jet inputs",
+            "n_train": N_TRAIN,
+            "n_test": len(test_gs),
+            "run_seeds": list(RUN_SEEDS),
+            "n_subsets": N_SUBSETS,
+            "alpha": ALPHA,
+            "subset_seed": SUBSET_SEED,
+            "second_draw_training_seed": SECOND_DRAW_SEED,
+            "trak_dim": TRAK_DIM,
+            "trak_damping": TRAK_DAMPING,
+            "ekfac_damping": EKFAC_DAMPING,
+            "flip_fraction": FLIP_FRACTION,
+            "flip_seeds": list(FLIP_SEEDS),
+            "n_boot": N_BOOT,
+        },
+        "ceiling": ceiling,
+        "lds": lds,
+        "mislabel": mislabel,
+    }
+    atomic_write_json(out / "table.json", results)
+    path = out / "table.md"
+    atomic_write_text(path, report(results))
+    return path
+
+
+def _mislabel_summary(mislabel: dict, name: str) -> dict | None:
+    rows = [seed_rows[name] for seed_rows in mislabel.values() if name in seed_rows]
+    if not rows:
+        return None
+    keys = ["detector_auroc", "found_in_top_5pct", "found_in_top_10pct", "found_in_top_20pct"]
+    return {
+        k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows]))) for k in keys
+    }
+
+
+def report(r: dict) -> str:
+    s = r["setup"]
+    c = r["ceiling"]
+    lines = [
+        "# One quality table: attribution methods on the quark/gluon jets",
+        "",
+        f"Date {r['date']}; {r['hardware']}; jax {r['jax']}. Command: `{r['command']}`.",
+        "",
+        f"{s['task']}; {s['n_train']} training and {s['n_test']} test jets (the LDS set of "
+        f"`run.py`). LDS: {s['n_subsets']} models on random alpha = {s['alpha']} subsets "
+        f"(subset seed {s['subset_seed']}); 95 % percentile bootstrap intervals over subset "
+        f"models and test jets jointly ({s['n_boot']} resamples). Ceiling: a second draw of "
+        f"the same subsets (training seed {s['second_draw_training_seed']}), its margins "
+        f"predicted by the first draw's: LDS **{c['lds']:.3f}** [{c['low']:.3f}, {c['high']:.3f}]. "
+        f"Mislabel: {round(100 * s['flip_fraction'])} % of the training labels flipped, flip "
+        f"seeds {s['flip_seeds']}, one run each; mean +- sd over the seeds. Seconds: scoring "
+        "on this machine with compilation apart (LDS set: the train x test scores; mislabel: "
+        "self-influence, mean over seeds).",
+        "",
+        "| method | LDS [95 % CI] | LDS vs 2nd draw | mislabel AUROC | flips in top 5 / 10 / 20 % "
+        "| seconds LDS (+compile) | seconds mislabel (+compile) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = list(r["lds"]) + [n for n in ("loss",) if n not in r["lds"]]
+    for name in names:
+        v = r["lds"].get(name)
+        m = _mislabel_summary(r["mislabel"], name)
+        lds = f"{v['lds']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]" if v else "-"
+        lds2 = f"{v['lds_draw2']:+.3f}" if v else "-"
+        if m:
+            au = f"{m['detector_auroc'][0]:.3f} +- {m['detector_auroc'][1]:.3f}"
+            tops = " / ".join(
+                f"{m[k][0]:.2f}"
+                for k in ("found_in_top_5pct", "found_in_top_10pct", "found_in_top_20pct")
+            )
+            rows = [seed_rows[name] for seed_rows in r["mislabel"].values()]
+            ms = np.mean([x["seconds"] for x in rows])
+            mc = np.mean([x["compile_seconds"] for x in rows])
+            msec = f"{ms:.0f} (+{mc:.0f})"
+        else:
+            au = tops = msec = "-"
+        secs = f"{v['seconds']:.0f} (+{v['compile_seconds']:.0f})" if v else "-"
+        lines.append(f"| {name} | {lds} | {lds2} | {au} | {tops} | {secs} | {msec} |")
+    lines += [
+        "",
+        "Per flip seed (AUROC):",
+        "",
+        "| method | " + " | ".join(r["mislabel"]) + " |",
+        "|---|" + "---|" * len(r["mislabel"]),
+    ]
+    names_m = list(next(iter(r["mislabel"].values()))) if r["mislabel"] else []
+    for name in names_m:
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{rows[name]['detector_auroc']:.3f}" for rows in r["mislabel"].values())
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    path = run_table(args.out)
+    print(f"report: {path.resolve()}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
