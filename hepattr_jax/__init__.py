@@ -1,4 +1,5 @@
-"""hepattr-jax: data attribution (TracIn, TRAK) for graph neural networks on collision events.
+"""hepattr-jax: data attribution (TracIn, Adam-aware TracIn, gradient cosine, TRAK, EK-FAC influence
+functions) for graph neural networks on collision events.
 
 The public surface, by stage (each stage imports only from the ones before it):
 events -> graphs -> models -> training + checkpoints -> per-event gradients (+ projections) ->
@@ -6,12 +7,16 @@ TracIn / TRAK -> scores -> evaluation (removal, mislabels, LDS) and explanations
 """
 
 from hepattr_jax import explain
+from hepattr_jax.adam import adam_gradient_map
 from hepattr_jax.capture import kernel_rows
 from hepattr_jax.checkpoints import CheckpointStore
 from hepattr_jax.config import TrainConfig, load_config
+from hepattr_jax.cosine import cosine_gradient_map
 from hepattr_jax.data.events import EventSet, Normalizer, split_by_id
 from hepattr_jax.data.registry import load_dataset
 from hepattr_jax.datamodels import subset_masks, train_subset_models
+from hepattr_jax.ekfac import EKFACFactors, ekfac_checkpoints, ekfac_gradient_map
+from hepattr_jax.ekfac import fit as fit_ekfac
 from hepattr_jax.errors import (
     CheckpointError,
     ConfigError,
@@ -20,17 +25,30 @@ from hepattr_jax.errors import (
     StoreError,
     WriteError,
 )
-from hepattr_jax.evaluation import linear_datamodeling_score
+from hepattr_jax.evaluation import lds_interval, linear_datamodeling_score
 from hepattr_jax.explain import explain_run, permutation_importance, shapley_values
 from hepattr_jax.graph_ops import NeighbourGraph
 from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
 from hepattr_jax.kfac import LayerStatistics, layer_statistics
 from hepattr_jax.metrics import auroc, binary_metrics, roc_curve
 from hepattr_jax.models import count_params, make_model
-from hepattr_jax.per_example import GraphLayout, NeighbourLayout, layout_for, plan_buckets
+from hepattr_jax.per_example import (
+    GradientMap,
+    GraphLayout,
+    NeighbourLayout,
+    layout_for,
+    plan_buckets,
+)
 from hepattr_jax.projection import KroneckerProjector, Projector
 from hepattr_jax.runs import Run, load_run
-from hepattr_jax.scoring import scored_layer_statistics, scored_self_influence
+from hepattr_jax.scoring import (
+    METHODS,
+    scored_ekfac_factors,
+    scored_influence_matrix,
+    scored_layer_statistics,
+    scored_self_influence,
+    scored_top_k,
+)
 from hepattr_jax.sharding import event_mesh
 from hepattr_jax.store import ScoreStore
 from hepattr_jax.tracin import (
@@ -57,12 +75,15 @@ __all__ = [
     "Checkpoints",
     "ConfigError",
     "DataError",
+    "EKFACFactors",
     "EventSet",
+    "GradientMap",
     "GraphLayout",
     "GraphSet",
     "HepattrError",
     "KroneckerProjector",
     "LayerStatistics",
+    "METHODS",
     "NeighbourGraph",
     "NeighbourLayout",
     "Normalizer",
@@ -73,19 +94,25 @@ __all__ = [
     "TopK",
     "TrainConfig",
     "WriteError",
+    "adam_gradient_map",
     "auroc",
     "binary_metrics",
     "build_graphs",
+    "cosine_gradient_map",
     "count_params",
+    "ekfac_checkpoints",
+    "ekfac_gradient_map",
     "event_mesh",
     "explain",
     "explain_run",
     "featurize",
+    "fit_ekfac",
     "influence_from_features",
     "influence_matrix",
     "kernel_rows",
     "layer_statistics",
     "layout_for",
+    "lds_interval",
     "linear_datamodeling_score",
     "load_config",
     "load_dataset",
@@ -95,8 +122,11 @@ __all__ = [
     "plan_buckets",
     "projected_features",
     "roc_curve",
+    "scored_ekfac_factors",
+    "scored_influence_matrix",
     "scored_layer_statistics",
     "scored_self_influence",
+    "scored_top_k",
     "self_influence",
     "self_influence_from_features",
     "self_influence_reference",

@@ -183,6 +183,24 @@ def eigenbases(stats: LayerStatistics, factors: str = "reduce"):
     return q_a, q_s
 
 
+class Eigenbasis(NamedTuple):
+    """What the eigenvalue-correction pass rotates with: per layer ``q_a [K, m, m]`` and
+    ``q_s [K, p, p]`` (float64), the static map, and its state with unit scales."""
+
+    q_a: tuple[np.ndarray, ...]
+    q_s: tuple[np.ndarray, ...]
+    eigen_map: KroneckerEigenMap
+    unit_state: dict
+
+
+def eigenbasis(stats: LayerStatistics, factors: str, dtype) -> Eigenbasis:
+    """The factors' eigenbases (:func:`eigenbases`) with the rotation map and its unit state in
+    the parameters' ``dtype``."""
+    q_a, q_s = eigenbases(stats, factors)
+    unit = _unit_state(q_a, q_s, [d.shape[1:] for d in stats.rest_diag], dtype)
+    return Eigenbasis(q_a, q_s, KroneckerEigenMap(stats.kernels, stats.biases, stats.rest), unit)
+
+
 def _unit_state(q_a, q_s, rest_shapes, dtype) -> dict[str, Any]:
     """The eigen map's state with unit scales (a rotation only), leading axis ``K``."""
     k = q_a[0].shape[0] if q_a else 1
@@ -316,22 +334,19 @@ def fit(
     elif stats.fisher != fisher:
         raise ConfigError(f"EK-FAC: statistics with fisher {stats.fisher!r}, asked {fisher!r}")
     check_layerwise(layout, ckpts.params, gs, "margin")
-    q_a, q_s = eigenbases(stats, factors)
-    dtype = jax.tree_util.tree_leaves(ckpts.params)[0].dtype
-    unit = _unit_state(q_a, q_s, [d.shape[1:] for d in stats.rest_diag], dtype)
-    em = KroneckerEigenMap(stats.kernels, stats.biases, stats.rest)
+    basis = eigenbasis(stats, factors, jax.tree_util.tree_leaves(ckpts.params)[0].dtype)
     total = correction_totals(
         layout,
         ckpts,
         gs,
-        em,
-        unit,
+        basis.eigen_map,
+        basis.unit_state,
         fisher=fisher,
         chunk_size=chunk_size,
         progress=progress,
         mesh=mesh,
     )
-    return unpack_correction(stats, q_a, q_s, total, ckpts.at(0), factors)
+    return unpack_correction(stats, basis.q_a, basis.q_s, total, ckpts.at(0), factors)
 
 
 def ekfac_gradient_map(ekfac: EKFACFactors, damping: float = 0.1, dtype=jnp.float32) -> GradientMap:

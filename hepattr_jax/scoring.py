@@ -77,6 +77,94 @@ def run_meta(run: Run, kind: str, gs: GraphSet, *, split: str, chunk_size: int, 
     }
 
 
+#: The attribution methods the ``scored_*`` train-gradient functions take (``method=``):
+#: plain TracIn, Adam-aware TracIn (:mod:`hepattr_jax.adam`), gradient-cosine
+#: (:mod:`hepattr_jax.cosine`), EK-FAC influence functions at the last checkpoint
+#: (:mod:`hepattr_jax.ekfac`).
+METHODS = ("tracin", "adam", "cosine", "ekfac")
+
+
+class Method(NamedTuple):
+    """A method made ready for a run: ``run`` with the checkpoints (and weights) it scores
+    at, its gradient map (None for TracIn), and what its store meta adds."""
+
+    run: Run
+    gradient_map: object
+    meta: dict
+
+
+def prepare_method(
+    run: Run,
+    method: str,
+    store_dir: str | Path,
+    *,
+    damping: float = 0.1,
+    factors: str = "reduce",
+    fisher: str = "true",
+    chunk_size: int = 64,
+    progress: bool = True,
+    allow_environment_change: bool = False,
+    mesh=None,
+    shard: Shard | None = None,
+    ekfac_dir: str | Path | None = None,
+) -> Method:
+    """``method`` (one of :data:`METHODS`) for ``run``. EK-FAC fits (or reads back) its factors
+    on the training events at the last checkpoint in ``ekfac_dir`` (default
+    ``store_dir/ekfac_factors``; one directory can serve every store of a run:
+    :func:`scored_ekfac_factors`); its scores then weigh that checkpoint by 1, not its
+    learning rate. The meta of every method but TracIn records it (plain TracIn's stores keep
+    their meta, so stores written before methods existed still reopen)."""
+    import dataclasses
+
+    from hepattr_jax.errors import ConfigError
+
+    if method == "tracin":
+        return Method(run, None, {})
+    if method == "adam":
+        from hepattr_jax.adam import adam_gradient_map
+        from hepattr_jax.train import ADAM_EPS
+
+        return Method(run, adam_gradient_map(run.checkpoints), {"method": "adam", "eps": ADAM_EPS})
+    if method == "cosine":
+        from hepattr_jax.cosine import cosine_gradient_map
+
+        return Method(run, cosine_gradient_map(), {"method": "cosine"})
+    if method != "ekfac":
+        raise ConfigError(f"method {method!r}: use one of {', '.join(METHODS)}")
+    from hepattr_jax import ekfac
+    from hepattr_jax.checkpoints import tree_hash
+
+    ck = run.checkpoints
+    last = dataclasses.replace(run, checkpoints=ekfac.ekfac_checkpoints(ck.select([len(ck) - 1])))
+    factor_dir = Path(ekfac_dir) if ekfac_dir is not None else Path(store_dir) / "ekfac_factors"
+    fitted = read_finished(factor_dir, _factors_meta(last, factors, fisher, chunk_size))
+    if shard is not None and fitted is None:
+        raise ConfigError(
+            f"EK-FAC with several processes: fit the factors first, in one process "
+            f"(hepattr influence ekfac-fit {run.run_dir} --out {factor_dir}, or the same "
+            "command without --process-count), then score"
+        )
+    fac = scored_ekfac_factors(
+        last,
+        factor_dir,
+        factors=factors,
+        fisher=fisher,
+        chunk_size=chunk_size,
+        progress=progress,
+        allow_environment_change=allow_environment_change,
+        mesh=mesh,
+    )
+    gm = ekfac.ekfac_gradient_map(fac, damping=damping)
+    meta = {
+        "method": "ekfac",
+        "damping": float(damping),
+        "factors": factors,
+        "fisher": fisher,
+        "factors_sha": tree_hash(fac.to_arrays()),
+    }
+    return Method(last, gm, meta)
+
+
 def _score(
     store_dir: str | Path,
     meta: dict,
@@ -150,6 +238,9 @@ def scored_self_influence(
     allow_environment_change: bool = False,
     mesh=None,
     shard: Shard | None = None,
+    method: str = "tracin",
+    damping: float = 0.1,
+    ekfac_dir: str | Path | None = None,
 ) -> SelfInfluenceScores:
     """TracIn self-influence of ``run``'s ``split`` events, persisted chunk by chunk in a
     :class:`ScoreStore` at ``store_dir`` and resumed from it.
@@ -163,14 +254,30 @@ def scored_self_influence(
     read-only. ``allow_environment_change``: see :meth:`ScoreStore.open`. ``mesh``: the local
     devices each chunk is split over (:mod:`hepattr_jax.sharding`). ``shard``: score this
     process's share only, see :func:`_score` (:class:`~hepattr_jax.shards.ShareComplete` is
-    raised by every process but the one that merges).
+    raised by every process but the one that merges). ``method``: one of :data:`METHODS`
+    (``damping``, ``ekfac_dir``: EK-FAC's, see :func:`prepare_method`); every method's store
+    records it, so a store refuses scores of another.
     """
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
 
+    m = prepare_method(
+        run,
+        method,
+        store_dir,
+        damping=damping,
+        chunk_size=chunk_size,
+        progress=progress,
+        allow_environment_change=allow_environment_change,
+        mesh=mesh,
+        shard=shard,
+        ekfac_dir=ekfac_dir,
+    )
+    run = m.run
     gs = split_of(run, split)
     layout = layout_for(run.model, gs)
     meta = run_meta(run, "self_influence", gs, split=split, chunk_size=chunk_size, layout=layout)
+    meta.update(m.meta)
 
     def compute(store, skip):
         tracin.self_influence(
@@ -183,6 +290,7 @@ def scored_self_influence(
             on_chunk=store.write_chunk,
             skip_chunk=skip,
             mesh=mesh,
+            gradient_map=m.gradient_map,
         )
 
     def finish(store, indices):
@@ -267,6 +375,96 @@ def scored_layer_statistics(
     )
 
 
+def _factors_meta(run: Run, factors: str, fisher: str, chunk_size: int) -> dict:
+    from hepattr_jax.per_example import layout_for
+
+    gs = split_of(run, "train")
+    meta = run_meta(
+        run,
+        "ekfac_factors",
+        gs,
+        split="train",
+        chunk_size=chunk_size,
+        layout=layout_for(run.model, gs),
+    )
+    meta.update(factors=factors, fisher=fisher)
+    return meta
+
+
+def scored_ekfac_factors(
+    run: Run,
+    store_dir: str | Path,
+    *,
+    factors: str = "reduce",
+    fisher: str = "true",
+    chunk_size: int = 64,
+    progress: bool = True,
+    allow_environment_change: bool = False,
+    mesh=None,
+):
+    """EK-FAC factors (:class:`hepattr_jax.ekfac.EKFACFactors`) of ``run``'s training events at
+    its checkpoints, in two resumable store passes: the layer statistics
+    (:func:`scored_layer_statistics`, in ``store_dir/layer_statistics``) and the eigenvalue
+    correction (kind ``ekfac_factors``, chunk totals), finished as ``ekfac_factors.npz`` and
+    read back from it."""
+    import jax
+
+    from hepattr_jax import ekfac
+    from hepattr_jax.per_example import layout_for
+
+    stats = scored_layer_statistics(
+        run,
+        Path(store_dir) / "layer_statistics",
+        fisher=fisher,
+        chunk_size=chunk_size,
+        progress=progress,
+        allow_environment_change=allow_environment_change,
+        mesh=mesh,
+    )
+    gs = split_of(run, "train")
+    layout = layout_for(run.model, gs)
+    meta = _factors_meta(run, factors, fisher, chunk_size)
+    dtype = jax.tree_util.tree_leaves(run.checkpoints.params)[0].dtype
+    basis = ekfac.eigenbasis(stats, factors, dtype)
+
+    def compute(store, skip):
+        ekfac.correction_totals(
+            layout,
+            run.checkpoints,
+            gs,
+            basis.eigen_map,
+            basis.unit_state,
+            fisher=fisher,
+            chunk_size=chunk_size,
+            progress=progress,
+            on_chunk=lambda i, p, v: store.write_chunk(i, p, v, total=True),
+            skip_chunk=skip,
+            mesh=mesh,
+        )
+
+    def finish(store, indices):
+        total = store.sum_totals(len(gs))
+        fac = ekfac.unpack_correction(
+            stats, basis.q_a, basis.q_s, total, run.checkpoints.at(0), factors
+        )
+        ids = np.asarray(gs.events.ids, np.int64)
+        store.finalize({**fac.to_arrays(), "event_ids": ids}, npz="ekfac_factors")
+        return fac
+
+    def from_done(done):
+        return ekfac.EKFACFactors.from_arrays(done.arrays)
+
+    return _score(
+        store_dir,
+        meta,
+        compute,
+        finish,
+        from_done,
+        shard=None,
+        allow_environment_change=allow_environment_change,
+    )
+
+
 def _train_test_meta(run, kind, test_split, chunk_size, test_block, layout, **extra) -> dict:
     train, test = split_of(run, "train"), split_of(run, test_split)
     meta = run_meta(run, kind, train, split="train", chunk_size=chunk_size, layout=layout)
@@ -291,6 +489,9 @@ def scored_influence_matrix(
     allow_environment_change: bool = False,
     mesh=None,
     shard: Shard | None = None,
+    method: str = "tracin",
+    damping: float = 0.1,
+    ekfac_dir: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(train_ids [N], test_ids [M], influence [N, M])`` of
     :func:`hepattr_jax.tracin.influence_matrix`, saved in a store at ``store_dir`` as
@@ -305,10 +506,24 @@ def scored_influence_matrix(
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
 
+    m = prepare_method(
+        run,
+        method,
+        store_dir,
+        damping=damping,
+        chunk_size=chunk_size,
+        progress=progress,
+        allow_environment_change=allow_environment_change,
+        mesh=mesh,
+        shard=shard,
+        ekfac_dir=ekfac_dir,
+    )
+    run = m.run
     train, test = split_of(run, "train"), split_of(run, test_split)
     layout = layout_for(run.model, train)
     test_block = test_block or tracin.default_test_block(run.checkpoints)
     meta = _train_test_meta(run, "influence_matrix", test_split, chunk_size, test_block, layout)
+    meta.update(m.meta)
 
     def compute(store, skip):
         tracin.train_test_chunks(
@@ -322,6 +537,7 @@ def scored_influence_matrix(
             progress=progress,
             skip_chunk=skip,
             mesh=mesh,
+            gradient_map=m.gradient_map,
         )
 
     def finish(store, indices):
@@ -398,6 +614,9 @@ def scored_top_k(
     allow_environment_change: bool = False,
     mesh=None,
     shard: Shard | None = None,
+    method: str = "tracin",
+    damping: float = 0.1,
+    ekfac_dir: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Top-``k`` proponents and opponents (:func:`hepattr_jax.tracin.top_k`) of every
     ``test_split`` event, as train *event ids* and scores, saved as ``topk.npz`` in a store:
@@ -417,11 +636,25 @@ def scored_top_k(
     from hepattr_jax import tracin
     from hepattr_jax.per_example import layout_for
 
+    m = prepare_method(
+        run,
+        method,
+        store_dir,
+        damping=damping,
+        chunk_size=chunk_size,
+        progress=progress,
+        allow_environment_change=allow_environment_change,
+        mesh=mesh,
+        shard=shard,
+        ekfac_dir=ekfac_dir,
+    )
+    run = m.run
     train, test = split_of(run, "train"), split_of(run, test_split)
     layout = layout_for(run.model, train)
     test_block = test_block or tracin.default_test_block(run.checkpoints)
     k = min(int(k), len(train))
     meta = _train_test_meta(run, "top_k", test_split, chunk_size, test_block, layout, k=k)
+    meta.update(m.meta)
 
     def compute(store, skip):
         def persist(index, block, pos, scores):
@@ -440,6 +673,7 @@ def scored_top_k(
             progress=progress,
             skip_chunk=skip,
             mesh=mesh,
+            gradient_map=m.gradient_map,
         )
 
     def finish(store, indices):

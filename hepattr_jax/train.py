@@ -155,6 +155,7 @@ def adam_second_moment(opt_state, where: str = "optimiser state"):
     Raises:
       CheckpointError: the state has no Adam moments, or no step was taken (``t = 0``).
     """
+
     def is_adam(x):
         return isinstance(x, optax.ScaleByAdamState)
 

@@ -340,3 +340,76 @@ def test_layer_stats_cli_equals_the_direct_call(ws, capsys):
         for a, b in zip(getattr(got, field), getattr(want, field), strict=True):
             assert a.tobytes() == b.tobytes(), field
     assert read_result(out).meta["fisher"] == "true"
+
+
+def test_adam_cosine_and_ekfac_methods_from_the_cli_equal_direct_calls(ws, capsys):
+    """``hepattr influence self|matrix --method adam|cosine|ekfac`` (in process) against the
+    library called directly on the loaded run, bitwise; each result is read back from its store
+    on a second call, a store of one method refuses another's meta, and the EK-FAC factors are
+    fitted once per run (``ekfac-fit``) and shared by every EK-FAC store."""
+    from hepattr_jax import ekfac
+    from hepattr_jax.adam import adam_gradient_map
+    from hepattr_jax.cli import main
+    from hepattr_jax.cosine import cosine_gradient_map
+    from hepattr_jax.errors import StoreError
+    from hepattr_jax.per_example import layout_for
+    from hepattr_jax.runs import load_run
+    from hepattr_jax.scoring import scored_self_influence
+
+    run = load_run(ws.run_dir)
+    train, test = run.data.train, run.data.test
+    layout = layout_for(run.model, train)
+    ck = run.checkpoints
+    chunk = ["--chunk-size", str(CHUNK_TT), "--quiet"]
+
+    assert main(["influence", "ekfac-fit", str(ws.run_dir), *chunk]) == 0
+    factor_dir = ws.run_dir / "influence" / "ekfac_factors"
+    fac = ekfac.EKFACFactors.from_arrays(read_result(factor_dir).arrays)
+    last = ekfac.ekfac_checkpoints(ck.select([len(ck) - 1]))
+    direct = ekfac.fit(layout, ck.select([len(ck) - 1]), train, chunk_size=CHUNK_TT, progress=False)
+    for a, b in zip(fac.eigenvalues + fac.q_a, direct.eigenvalues + direct.q_a, strict=True):
+        assert a.tobytes() == b.tobytes()
+
+    maps = {
+        "adam": (ck, adam_gradient_map(ck)),
+        "cosine": (ck, cosine_gradient_map()),
+        "ekfac": (last, ekfac.ekfac_gradient_map(fac, damping=0.1)),
+    }
+    for method, (ckpts, gm) in maps.items():
+        out = ws.root / f"si_{method}"
+        argv = ["influence", "self", str(ws.run_dir), "--method", method, "--out", str(out)]
+        assert main([*argv, *chunk]) == 0
+        got = read_result(out)
+        assert got.meta["method"] == method
+        want = tracin.self_influence(
+            layout,
+            ckpts,
+            train,
+            chunk_size=CHUNK_TT,
+            per_checkpoint=True,
+            progress=False,
+            gradient_map=gm,
+        )
+        assert got.arrays["scores_per_checkpoint"].tobytes() == want.tobytes(), method
+        assert main([*argv, *chunk]) == 0  # read back from the finished store
+        capsys.readouterr()
+    # a store of Adam-aware TracIn is not plain TracIn's
+    with pytest.raises(StoreError):
+        scored_self_influence(run, ws.root / "si_adam", chunk_size=CHUNK_TT, progress=False)
+
+    out = ws.root / "matrix_ekfac"
+    argv = ["influence", "matrix", str(ws.run_dir), "--method", "ekfac", "--out", str(out)]
+    assert main([*argv, *chunk]) == 0
+    m = tracin.influence_matrix(
+        layout,
+        last,
+        train,
+        test,
+        chunk_size=CHUNK_TT,
+        progress=False,
+        gradient_map=maps["ekfac"][1],
+    )
+    assert read_result(out).arrays["influence"].tobytes() == m.tobytes()
+    from hepattr_jax.checkpoints import tree_hash
+
+    assert read_result(out).meta["factors_sha"] == tree_hash(fac.to_arrays())

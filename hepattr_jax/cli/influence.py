@@ -1,10 +1,19 @@
-"""``hepattr influence {self,layer-stats,matrix,topk,trak} RUN_DIR``: attribution scores of
-finished runs.
+"""``hepattr influence {self,layer-stats,ekfac-fit,matrix,topk,trak} RUN_DIR``: attribution
+scores of finished runs.
+
+``self``, ``matrix`` and ``topk`` take ``--method``: ``tracin`` (TracIn with the SGD step's
+weighting, the default), ``adam`` (Adam-aware TracIn: each checkpoint's Adam preconditioner
+between the gradients), ``cosine`` (gradient cosine) or ``ekfac`` (EK-FAC influence functions at
+the last checkpoint; ``--damping``). Stores of a method other than TracIn get its name as a
+suffix (``self_influence_train_adam``).
 
 * ``self``: self-influence of every event of a split (default train), chunk by chunk into a
   resumable score store: a killed run, started again with the same arguments, computes only the
   chunks not yet on disk. Writes ``scores.npy`` ``[N]``, ``scores_per_checkpoint.npy`` ``[K, N]``
   and ``event_ids.npy``.
+* ``ekfac-fit``: EK-FAC factors at the last checkpoint (layer statistics, eigenbases, the
+  eigenvalue correction; two resumable passes) in ``RUN_DIR/influence/ekfac_factors``, what
+  ``--method ekfac`` scores with (fitted there on first use otherwise).
 * ``layer-stats``: every dense layer's Kronecker-factor statistics (input and output-gradient
   second moments, weighted per graph; :mod:`hepattr_jax.kfac`) at each checkpoint in one pass, as
   ``layer_statistics.npz``; resumable (each chunk's sum is stored).
@@ -75,8 +84,26 @@ def add_parser(subparsers) -> None:
         _env_flag(q)
         _process_flags(q)
 
+    def method_flags(q):
+        q.add_argument(
+            "--method",
+            choices=("tracin", "adam", "cosine", "ekfac"),
+            default="tracin",
+            help="tracin: TracIn, SGD-step weighting (default); adam: Adam-aware TracIn, "
+            "eta_k <g', P_k g> with each checkpoint's Adam preconditioner; cosine: gradient "
+            "cosine; ekfac: EK-FAC influence functions at the last checkpoint (factors fitted "
+            "once per run in RUN_DIR/influence/ekfac_factors)",
+        )
+        q.add_argument(
+            "--damping",
+            type=float,
+            default=0.1,
+            help="EK-FAC damping, a fraction of each block's mean eigenvalue (default 0.1)",
+        )
+
     s = sub.add_parser("self", help="self-influence of every event of a split (resumable)")
     common(s)
+    method_flags(s)
     s.add_argument("--split", choices=SPLITS, default="train", help="events to score")
     s.set_defaults(func=_cmd_self)
 
@@ -99,12 +126,25 @@ def add_parser(subparsers) -> None:
     )
     ls.set_defaults(func=_cmd_layer_stats)
 
+    ef = sub.add_parser(
+        "ekfac-fit",
+        help="EK-FAC factors of the training events at the last checkpoint (resumable)",
+        description="Layer statistics, their eigenbases and the eigenvalue correction, written "
+        "to OUT/ekfac_factors.npz (default RUN_DIR/influence/ekfac_factors), what --method "
+        "ekfac scores with.",
+    )
+    common(ef)
+    ef.add_argument("--factors", choices=("reduce", "expand"), default="reduce")
+    ef.add_argument("--fisher", choices=("true", "empirical"), default="true")
+    ef.set_defaults(func=_cmd_ekfac_fit)
+
     for name, fn, what in (
         ("matrix", _cmd_matrix, "the N_train x N_test influence matrix"),
         ("topk", _cmd_topk, "top-k proponents and opponents of each test event"),
     ):
         q = sub.add_parser(name, help=what)
         common(q)
+        method_flags(q)
         q.add_argument(
             "--test-split", choices=SPLITS, default="test", help="events influenced (columns)"
         )
@@ -265,6 +305,54 @@ def _scoring(args, shard, mesh) -> dict:
     )
 
 
+def _method(args) -> dict:
+    """The method keywords of a TracIn-family command (self, matrix, topk)."""
+    return dict(
+        method=args.method,
+        damping=args.damping,
+        ekfac_dir=args.run_dir / "influence" / "ekfac_factors",
+    )
+
+
+def _suffix(args) -> str:
+    return "" if args.method == "tracin" else f"_{args.method}"
+
+
+def _cmd_ekfac_fit(args) -> int:
+    import dataclasses
+
+    from hepattr_jax.ekfac import ekfac_checkpoints
+    from hepattr_jax.scoring import scored_ekfac_factors
+
+    shard, mesh = _start_processes(args)
+    if shard is not None:
+        from hepattr_jax.errors import ConfigError
+
+        raise ConfigError("ekfac-fit runs in one process (its passes are chunk totals)")
+    run = _load(args)
+    ck = run.checkpoints
+    last = dataclasses.replace(run, checkpoints=ekfac_checkpoints(ck.select([len(ck) - 1])))
+    out = args.out or args.run_dir / "influence" / "ekfac_factors"
+    fac = scored_ekfac_factors(
+        last,
+        out,
+        factors=args.factors,
+        fisher=args.fisher,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+        allow_environment_change=args.allow_environment_change,
+        mesh=mesh,
+    )
+    print(
+        f"EK-FAC factors ({fac.factors}, {fac.fisher} Fisher) of {fac.n_events} training events "
+        f"at step {last.checkpoints.steps[-1]} -> {Path(out).resolve()}"
+    )
+    print(f"  {'layer':<40} {'m':>5} {'p':>5} {'mean eigenvalue':>16}")
+    for kernel, ev in zip(fac.kernels, fac.eigenvalues, strict=True):
+        print(f"  {kernel:<40} {ev.shape[1]:>5d} {ev.shape[2]:>5d} {ev.mean():>16.4g}")
+    return 0
+
+
 def _share_done(e) -> int:
     print(str(e))
     return 0
@@ -292,13 +380,14 @@ def _cmd_self(args) -> int:
 
     shard, mesh = _start_processes(args)
     run = _load(args)
-    out = args.out or args.run_dir / "influence" / f"self_influence_{args.split}"
+    out = args.out or args.run_dir / "influence" / f"self_influence_{args.split}{_suffix(args)}"
     try:
         ids, total, per_k = scored_self_influence(
             run,
             out,
             split=args.split,
             **_scoring(args, shard, mesh),
+            **_method(args),
         )
     except ShareComplete as e:
         return _share_done(e)
@@ -344,7 +433,7 @@ def _cmd_matrix(args) -> int:
 
     shard, mesh = _start_processes(args)
     run = _load(args)
-    out = args.out or args.run_dir / "influence" / f"matrix_{args.test_split}"
+    out = args.out or args.run_dir / "influence" / f"matrix_{args.test_split}{_suffix(args)}"
     try:
         ids, test_ids, m = scored_influence_matrix(
             run,
@@ -352,6 +441,7 @@ def _cmd_matrix(args) -> int:
             test_split=args.test_split,
             test_block=args.test_block,
             **_scoring(args, shard, mesh),
+            **_method(args),
         )
     except ShareComplete as e:
         return _share_done(e)
@@ -394,7 +484,8 @@ def _cmd_topk(args) -> int:
 
     shard, mesh = _start_processes(args)
     run = _load(args)
-    out = Path(args.out or args.run_dir / "influence" / f"top{args.k}_{args.test_split}")
+    default = args.run_dir / "influence" / f"top{args.k}_{args.test_split}{_suffix(args)}"
+    out = Path(args.out or default)
     try:
         arrays = scored_top_k(
             run,
@@ -403,6 +494,7 @@ def _cmd_topk(args) -> int:
             test_split=args.test_split,
             test_block=args.test_block,
             **_scoring(args, shard, mesh),
+            **_method(args),
         )
     except ShareComplete as e:
         return _share_done(e)
