@@ -14,9 +14,12 @@ Methods (train x test scores for LDS, self-influence for mislabel detection):
 * ``trak_1model``, ``trak_8ckpts``, ``trak_5models``: TRAK at d = 512 (dense projection) with
   the last checkpoint of seed 0, all its checkpoints, the last checkpoints of seeds 0-4;
 * ``ekfac_1model``, ``ekfac_5models``: EK-FAC influence functions (:mod:`hepattr_jax.ekfac`,
-  reduce factors, true Fisher, damping 0.1 x mean eigenvalue per block) at the last checkpoint
-  of seed 0, and the mean over the last checkpoints of seeds 0-4;
-* baselines: random scores (LDS and mislabel) and each event's final training loss (mislabel).
+  expand factors, true Fisher, damping 0.1 x mean eigenvalue per block) at the last checkpoint
+  of seed 0, and the mean over the last checkpoints of seeds 0-4; ``*_reduce``: the same with
+  the reduce factors (the eigenbasis theory favours for a pooled output);
+* baselines: random scores (LDS and mislabel) and each event's final training loss (mislabel);
+  as a bound no method reaches, the loss of the noisy labels under the clean-label reference
+  run (seed 0), a model that never saw the flips (``oracle_clean_model_loss``).
 
 Ground truth (the LDS set-up of ``run.py``, shared with it): 64 models on random half subsets
 (``subset_margins.npz`` in ``run.py``'s cache), and a second, independent draw of the same 64
@@ -116,11 +119,11 @@ def last(ck):
     return ck.select([len(ck) - 1])
 
 
-def ekfac_scores(run, train_gs, test_gs=None):
+def ekfac_scores(run, train_gs, test_gs=None, factors="expand"):
     """EK-FAC at ``run``'s last checkpoint: ``{"scores": [N, M]}`` and/or ``{"si": [N]}``."""
     lay = layout_for(run.model, train_gs)
     ck = last(run.checkpoints)
-    fac = ekfac.fit(lay, ck, train_gs, chunk_size=CHUNK)
+    fac = ekfac.fit(lay, ck, train_gs, factors=factors, chunk_size=CHUNK)
     gm = ekfac.ekfac_gradient_map(fac, damping=EKFAC_DAMPING)
     ek = ekfac.ekfac_checkpoints(ck)
     out = {"si": self_influence(lay, ek, train_gs, chunk_size=CHUNK, gradient_map=gm)}
@@ -139,6 +142,14 @@ def trak_features(run, ck, train_gs, test_gs=None):
     if test_gs is not None:
         out["fte"] = trak.featurize(lay, ck, test_gs, proj, chunk_size=CHUNK)[0]
     return out
+
+
+def clean_loss(clean_run, gs) -> np.ndarray:
+    """``[N]`` loss of ``gs``'s (noisy) labels under ``clean_run``'s last checkpoint."""
+    ck = clean_run.checkpoints
+    logits, _ = evaluate_events(clean_run.model.apply, ck.at(len(ck) - 1), gs)
+    y = gs.events.labels.astype(np.float64)
+    return np.logaddexp(0.0, logits) - y * logits
 
 
 def lds_methods(cache: Path, runs, train_gs, test_gs) -> dict[str, dict]:
@@ -193,18 +204,21 @@ def lds_methods(cache: Path, runs, train_gs, test_gs) -> dict[str, dict]:
     trak_method("trak_8ckpts", [(0, "all")])
     trak_method("trak_5models", [(s, "last") for s in RUN_SEEDS])
 
-    each = {
-        s: cached(
-            cache / f"ekfac_seed{s}.npz", lambda s=s: ekfac_scores(runs[s], train_gs, test_gs)
-        )
-        for s in RUN_SEEDS
-    }
-    out["ekfac_1model"] = each[0]
-    out["ekfac_5models"] = {
-        "scores": np.mean([each[s]["scores"] for s in RUN_SEEDS], axis=0),
-        "seconds": sum(float(each[s]["seconds"]) for s in RUN_SEEDS),
-        "compile_seconds": sum(float(each[s]["compile_seconds"]) for s in RUN_SEEDS),
-    }
+    for factors in ekfac.FACTORS:
+        each = {
+            s: cached(
+                cache / f"ekfac_{factors}_seed{s}.npz",
+                lambda s=s, f=factors: ekfac_scores(runs[s], train_gs, test_gs, f),
+            )
+            for s in RUN_SEEDS
+        }
+        tag = "" if factors == "expand" else f"_{factors}"
+        out[f"ekfac_1model{tag}"] = each[0]
+        out[f"ekfac_5models{tag}"] = {
+            "scores": np.mean([each[s]["scores"] for s in RUN_SEEDS], axis=0),
+            "seconds": sum(float(each[s]["seconds"]) for s in RUN_SEEDS),
+            "compile_seconds": sum(float(each[s]["compile_seconds"]) for s in RUN_SEEDS),
+        }
     out["random"] = {
         "scores": np.random.default_rng(7).normal(size=(len(train_gs), len(test_gs))),
         "seconds": 0.0,
@@ -213,8 +227,12 @@ def lds_methods(cache: Path, runs, train_gs, test_gs) -> dict[str, dict]:
     return out
 
 
-def mislabel_seed(cache: Path, out_dir: Path, config, data, seed: int) -> dict[str, dict]:
-    """One flip seed: every method's self-influence on the noisy training set, ranked."""
+def mislabel_seed(
+    cache: Path, out_dir: Path, config, data, seed: int, clean_run
+) -> dict[str, dict]:
+    """One flip seed: every method's self-influence on the noisy training set, ranked; and, as
+    a bound no method has, the loss of the flipped labels under the clean-label reference run
+    ``clean_run`` (a model that never saw the flips)."""
     labels, flipped = evaluation.flip_labels(data.train.events.labels, FLIP_FRACTION, seed)
     ev = dataclasses.replace(data.train.events, labels=labels.astype(np.int32))
     noisy = data.with_train(dataclasses.replace(data.train, events=ev))
@@ -236,11 +254,18 @@ def mislabel_seed(cache: Path, out_dir: Path, config, data, seed: int) -> dict[s
     si = {
         "tracin": cached(cache / f"{tag}_tracin.npz", tracin_si(None)),
         "tracin_adam": cached(cache / f"{tag}_tracin_adam.npz", tracin_si(adam_gradient_map(ck))),
-        "ekfac_1model": cached(cache / f"{tag}_ekfac.npz", lambda: ekfac_scores(run, gs)),
+        "ekfac_1model": cached(cache / f"{tag}_ekfac_expand.npz", lambda: ekfac_scores(run, gs)),
+        "ekfac_1model_reduce": cached(
+            cache / f"{tag}_ekfac_reduce.npz", lambda: ekfac_scores(run, gs, factors="reduce")
+        ),
         "trak_1model": cached(cache / f"{tag}_trak.npz", trak_si),
         "loss": cached(
             cache / f"{tag}_loss.npz",
             lambda: {"si": evaluate_events(run.model.apply, last(ck).at(0), gs)[1]},
+        ),
+        "oracle_clean_model_loss": cached(
+            cache / f"{tag}_oracle_clean_loss.npz",
+            lambda: {"si": clean_loss(clean_run, gs)},
         ),
         "random": {
             "si": np.random.default_rng([7, seed]).normal(size=len(gs)),
@@ -275,7 +300,7 @@ def run_table(out: Path) -> Path:
     methods = lds_methods(own, runs, train_gs, test_gs)
     mislabel = {}
     for seed in FLIP_SEEDS:
-        mislabel[f"flip{seed}"] = rows = mislabel_seed(own, out, config, data, seed)
+        mislabel[f"flip{seed}"] = rows = mislabel_seed(own, out, config, data, seed, runs[0])
         aurocs = ", ".join(f"{k} {v['detector_auroc']:.3f}" for k, v in rows.items())
         print(f"mislabel flip{seed}: {aurocs}", flush=True)
 
@@ -296,6 +321,10 @@ def run_table(out: Path) -> Path:
         )
         draws.append(r["margins"])
     ceiling = evaluation.lds_interval(draws[0], draws[1], n_boot=N_BOOT)
+    # One draw predicting another carries the noise of both; a noise-free predictor of the
+    # expected margin would reach about the square root of it against one draw (Spearman
+    # taken as the correlation of two equally reliable measurements).
+    ceiling["noise_free_estimate"] = float(np.sqrt(max(ceiling["lds"], 0.0)))
     print(f"ceiling (draw 1 predicting draw 2): {ceiling}", flush=True)
 
     lds = {}
@@ -366,7 +395,9 @@ def report(r: dict) -> str:
         f"(subset seed {s['subset_seed']}); 95 % percentile bootstrap intervals over subset "
         f"models and test jets jointly ({s['n_boot']} resamples). Ceiling: a second draw of "
         f"the same subsets (training seed {s['second_draw_training_seed']}), its margins "
-        f"predicted by the first draw's: LDS **{c['lds']:.3f}** [{c['low']:.3f}, {c['high']:.3f}]. "
+        f"predicted by the first draw's: LDS **{c['lds']:.3f}** [{c['low']:.3f}, {c['high']:.3f}] "
+        f"(a noise-free predictor of the expected margin: about sqrt of it, "
+        f"{c['noise_free_estimate']:.2f}). "
         f"Mislabel: {round(100 * s['flip_fraction'])} % of the training labels flipped, flip "
         f"seeds {s['flip_seeds']}, one run each; mean +- sd over the seeds. Seconds: scoring "
         "on this machine with compilation apart (LDS set: the train x test scores; mislabel: "
@@ -376,7 +407,7 @@ def report(r: dict) -> str:
         "| seconds LDS (+compile) | seconds mislabel (+compile) |",
         "|---|---|---|---|---|---|---|",
     ]
-    names = list(r["lds"]) + [n for n in ("loss",) if n not in r["lds"]]
+    names = list(r["lds"]) + [n for n in ("loss", "oracle_clean_model_loss") if n not in r["lds"]]
     for name in names:
         v = r["lds"].get(name)
         m = _mislabel_summary(r["mislabel"], name)

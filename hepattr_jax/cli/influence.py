@@ -134,7 +134,13 @@ def add_parser(subparsers) -> None:
         "ekfac scores with.",
     )
     common(ef)
-    ef.add_argument("--factors", choices=("reduce", "expand"), default="reduce")
+    ef.add_argument(
+        "--factors",
+        choices=("expand", "reduce"),
+        default="expand",
+        help="Kronecker factors' weighting of a graph's rows (default expand: the better "
+        "eigenbasis measured on the quark/gluon jets, docs/attribution_methods.md)",
+    )
     ef.add_argument("--fisher", choices=("true", "empirical"), default="true")
     ef.set_defaults(func=_cmd_ekfac_fit)
 
