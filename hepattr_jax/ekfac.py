@@ -28,9 +28,9 @@ With several checkpoints each has its own factors and the scores are their mean.
 The factors are the ``"expand"`` weighting by default (the rows' own input covariance). The
 theory favours ``"reduce"`` for a pooled, graph-level output (exact for deep linear networks in
 that setting, Eschenhagen et al. 2023), but on the quark/gluon jets the expand eigenbasis
-predicts retraining far better once the eigenvalues are corrected: LDS 0.57 against 0.39 (two
-reference runs, experiments/attribution_quality/table.py). Both are exact EK-FAC for their
-basis; only the basis differs.
+predicts retraining far better once the eigenvalues are corrected: LDS 0.55-0.57 against
+0.37-0.38 on five reference runs (experiments/attribution_quality/table.py). Both are exact
+EK-FAC for their basis; only the basis differs.
 
 Fitting is two streaming passes over the training events through :mod:`hepattr_jax.engine`, as
 kronfluence's covariance and eigenvalue stages: the layer statistics

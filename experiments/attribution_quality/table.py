@@ -74,6 +74,7 @@ RESULTS = Path(__file__).parent / "results"
 FLIP_FRACTION, FLIP_SEEDS = 0.1, (0, 1, 2)
 TRAK_DAMPING = 1e-3  # run.py's DAMPING: of the mean eigenvalue of Phi^T Phi
 EKFAC_DAMPING = 0.1
+DAMPINGS = (1e-3, 1e-2, 0.1, 1.0)
 SECOND_DRAW_SEED = 1
 N_BOOT = 1000
 COMPILE_EVENTS = (
@@ -157,7 +158,7 @@ def lds_methods(cache: Path, runs, train_gs, test_gs) -> dict[str, dict]:
     run0 = runs[0]
     lay = layout_for(run0.model, train_gs)
     ck = run0.checkpoints
-    out = {}
+    out: dict = {"_by_seed": {}}
 
     def tracin_variant(gm):
         return lambda: {
@@ -219,11 +220,29 @@ def lds_methods(cache: Path, runs, train_gs, test_gs) -> dict[str, dict]:
             "seconds": sum(float(each[s]["seconds"]) for s in RUN_SEEDS),
             "compile_seconds": sum(float(each[s]["compile_seconds"]) for s in RUN_SEEDS),
         }
+        out["_by_seed"][factors] = {s: each[s]["scores"] for s in RUN_SEEDS}
     out["random"] = {
         "scores": np.random.default_rng(7).normal(size=(len(train_gs), len(test_gs))),
         "seconds": 0.0,
         "compile_seconds": 0.0,
     }
+    out["_damping"] = cached(
+        cache / "ekfac_damping_seed0.npz", lambda: ekfac_damping(run0, train_gs, test_gs)
+    )
+    return out
+
+
+def ekfac_damping(run, train_gs, test_gs) -> dict[str, np.ndarray]:
+    """EK-FAC (expand, last checkpoint) scores at each damping of :data:`DAMPINGS`, one fit."""
+    lay = layout_for(run.model, train_gs)
+    ck = last(run.checkpoints)
+    fac = ekfac.fit(lay, ck, train_gs, chunk_size=CHUNK)
+    out = {}
+    for d in DAMPINGS:
+        gm = ekfac.ekfac_gradient_map(fac, damping=d)
+        out[f"damping_{d:g}"] = influence_matrix(
+            lay, ekfac.ekfac_checkpoints(ck), train_gs, test_gs, chunk_size=CHUNK, gradient_map=gm
+        )
     return out
 
 
@@ -327,6 +346,18 @@ def run_table(out: Path) -> Path:
     ceiling["noise_free_estimate"] = float(np.sqrt(max(ceiling["lds"], 0.0)))
     print(f"ceiling (draw 1 predicting draw 2): {ceiling}", flush=True)
 
+    by_seed = methods.pop("_by_seed")
+    damping = methods.pop("_damping")
+
+    def plain_lds(scores):
+        return float(evaluation.linear_datamodeling_score(scores, masks, draws[0])[0])
+
+    ekfac_by_seed = {f: {str(k): plain_lds(v) for k, v in d.items()} for f, d in by_seed.items()}
+    ekfac_damping = {
+        k.removeprefix("damping_"): plain_lds(v)
+        for k, v in damping.items()
+        if k.startswith("damping_")
+    }
     lds = {}
     for name, r in methods.items():
         lds[name] = {
@@ -364,6 +395,8 @@ def run_table(out: Path) -> Path:
         },
         "ceiling": ceiling,
         "lds": lds,
+        "ekfac_lds_by_seed": ekfac_by_seed,
+        "ekfac_lds_by_damping": ekfac_damping,
         "mislabel": mislabel,
     }
     atomic_write_json(out / "table.json", results)
@@ -427,6 +460,22 @@ def report(r: dict) -> str:
             au = tops = msec = "-"
         secs = f"{v['seconds']:.0f} (+{v['compile_seconds']:.0f})" if v else "-"
         lines.append(f"| {name} | {lds} | {lds2} | {au} | {tops} | {secs} | {msec} |")
+    seeds = list(next(iter(r["ekfac_lds_by_seed"].values())))
+    lines += [
+        "",
+        "EK-FAC with one model, each reference run (LDS against the first draw):",
+        "",
+        "| factors | " + " | ".join(f"seed {k}" for k in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+    ]
+    for f, row in r["ekfac_lds_by_seed"].items():
+        lines.append(f"| {f} | " + " | ".join(f"{v:+.3f}" for v in row.values()) + " |")
+    lines += [
+        "",
+        "EK-FAC (expand, seed 0) by damping (fraction of each block's mean eigenvalue): "
+        + ", ".join(f"{k}: {v:+.3f}" for k, v in r["ekfac_lds_by_damping"].items())
+        + ".",
+    ]
     lines += [
         "",
         "Per flip seed (AUROC):",
