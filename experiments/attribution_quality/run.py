@@ -83,8 +83,10 @@ def _cached(path: Path, fn):
     return out
 
 
-def lds_data():
-    config = load_config(BASE).replace(epochs=EPOCHS, batch_size=BATCH)
+def lds_data(base: Path = BASE):
+    """The LDS set: ``N_TRAIN`` training and ``N_TEST`` test events drawn (``DATA_SEED``) from
+    the splits of the config ``base``, trained ``EPOCHS`` epochs at batch ``BATCH``."""
+    config = load_config(base).replace(epochs=EPOCHS, batch_size=BATCH)
     data = prepare_data(config)
     rng = np.random.default_rng(DATA_SEED)
     tr = np.sort(rng.choice(len(data.train), N_TRAIN, replace=False))

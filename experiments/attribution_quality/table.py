@@ -1,8 +1,11 @@
 """One quality table: every attribution method on the quark/gluon jets, with the same ground truth.
 
-Command (from the repository root; ~30 min on a quiet 2-core CPU, resumable)::
+Command (from the repository root; ~15 min a task on a quiet 2-core CPU, resumable)::
 
-    .venv/bin/python -m experiments.attribution_quality.table
+    .venv/bin/python -m experiments.attribution_quality.table [--task qg --task susy]
+
+Tasks (:data:`TASKS`): the real quark/gluon jets and the event-level SUSY-like simulation, each
+with the GNN-IRST study's config, 2,000 training and 200 test events drawn as ``run.py`` does.
 
 Methods (train x test scores for LDS, self-influence for mislabel detection):
 
@@ -42,6 +45,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import json
 import time
 from pathlib import Path
 
@@ -53,6 +57,7 @@ from experiments.attribution_quality.run import (
     CHUNK,
     N_SUBSETS,
     N_TRAIN,
+    ROOT,
     RUN_SEEDS,
     SUBSET_SEED,
     TRAK_DIM,
@@ -77,6 +82,45 @@ EKFAC_DAMPING = 0.1
 DAMPINGS = (1e-3, 1e-2, 0.1, 1.0)
 SECOND_DRAW_SEED = 1
 N_BOOT = 1000
+GNN_IRST = Path(__file__).resolve().parents[1] / "gnn_irst"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One data set of the table: its training config (the GNN-IRST study's), what it is, and
+    where its runs and caches live (the quark/gluon task shares ``run.py``'s reference runs and
+    first ground-truth draw)."""
+
+    name: str
+    config: Path
+    what: str
+    runs: str
+    draw1: str
+
+    def paths(self, out: Path) -> tuple[Path, Path, Path]:
+        """``(runs dir, first-draw file, this task's cache dir)``."""
+        own = out / "table_cache" / self.name
+        return out / self.runs, out / self.draw1, own
+
+
+TASKS = {
+    "qg": Task(
+        "qg",
+        GNN_IRST / "qg.toml",
+        "quark/gluon jets (real, GNN-IRST split), EdgeConv with jet-level inputs",
+        "runs",
+        "cache/subset_margins.npz",
+    ),
+    "susy": Task(
+        "susy",
+        GNN_IRST / "susy.toml",
+        "event level: SUSY-like chargino pairs vs WW (the built-in simulator), EdgeConv on "
+        "fully connected graphs of leptons, jets and missing momentum",
+        "runs_susy",
+        "table_cache/susy/subset_margins.npz",
+    ),
+}
+
 COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
     "/jax/core/compile/backend_compile_duration",
@@ -247,7 +291,7 @@ def ekfac_damping(run, train_gs, test_gs) -> dict[str, np.ndarray]:
 
 
 def mislabel_seed(
-    cache: Path, out_dir: Path, config, data, seed: int, clean_run
+    cache: Path, runs_dir: Path, config, data, seed: int, clean_run
 ) -> dict[str, dict]:
     """One flip seed: every method's self-influence on the noisy training set, ranked; and, as
     a bound no method has, the loss of the flipped labels under the clean-label reference run
@@ -255,7 +299,7 @@ def mislabel_seed(
     labels, flipped = evaluation.flip_labels(data.train.events.labels, FLIP_FRACTION, seed)
     ev = dataclasses.replace(data.train.events, labels=labels.astype(np.int32))
     noisy = data.with_train(dataclasses.replace(data.train, events=ev))
-    run_dir = out_dir / "runs" / f"noisy_flip{seed}"
+    run_dir = runs_dir / f"noisy_flip{seed}"
     if not (run_dir / "metrics.json").exists():
         train(config.replace(seed=0), run_dir, data=noisy, progress=False)
     run = load_run(run_dir, data=noisy)
@@ -302,15 +346,16 @@ def mislabel_seed(
     }
 
 
-def run_table(out: Path) -> Path:
-    cache = out / "cache"
-    own = out / "table_cache"
+def run_table(out: Path, task: Task) -> dict:
+    """Every method on ``task``: its results (also written to ``out/table_{task}.json``)."""
+    runs_dir, draw1_path, own = task.paths(out)
     own.mkdir(parents=True, exist_ok=True)
-    config, data = lds_data()
+    config, data = lds_data(task.config)
     train_gs, test_gs = data.train, data.test
+    print(f"{task.name}: {len(train_gs)} train, {len(test_gs)} test events", flush=True)
     runs = {}
     for s in RUN_SEEDS:
-        run_dir = out / "runs" / f"seed{s}"
+        run_dir = runs_dir / f"seed{s}"
         if not (run_dir / "metrics.json").exists():
             train(config.replace(seed=s), run_dir, data=data, progress=False)
         runs[s] = load_run(run_dir, data=data)
@@ -319,19 +364,18 @@ def run_table(out: Path) -> Path:
     methods = lds_methods(own, runs, train_gs, test_gs)
     mislabel = {}
     for seed in FLIP_SEEDS:
-        mislabel[f"flip{seed}"] = rows = mislabel_seed(own, out, config, data, seed, runs[0])
+        mislabel[f"flip{seed}"] = rows = mislabel_seed(own, runs_dir, config, data, seed, runs[0])
         aurocs = ", ".join(f"{k} {v['detector_auroc']:.3f}" for k, v in rows.items())
         print(f"mislabel flip{seed}: {aurocs}", flush=True)
 
     masks = subset_masks(N_TRAIN, N_SUBSETS, ALPHA, SUBSET_SEED)
     draws = []
-    for name, seed in (
-        ("subset_margins.npz", config.seed),
-        ("subset_margins_draw2.npz", SECOND_DRAW_SEED),
+    for path, seed in (
+        (draw1_path, config.seed),
+        (own / "subset_margins_draw2.npz", SECOND_DRAW_SEED),
     ):
-        folder = cache if name == "subset_margins.npz" else own
         r = cached(
-            folder / name,
+            path,
             lambda seed=seed: {
                 "margins": train_subset_models(
                     config.replace(seed=seed), data, masks, {"test": test_gs}, group=16
@@ -378,7 +422,9 @@ def run_table(out: Path) -> Path:
         **provenance(),
         "command": ".venv/bin/python -m experiments.attribution_quality.table",
         "setup": {
-            "task": "quark/gluon jets (GNN-IRST split), EdgeConv with jet inputs",
+            "task": task.name,
+            "what": task.what,
+            "config": str(task.config.relative_to(ROOT)),
             "n_train": N_TRAIN,
             "n_test": len(test_gs),
             "run_seeds": list(RUN_SEEDS),
@@ -399,10 +445,32 @@ def run_table(out: Path) -> Path:
         "ekfac_lds_by_damping": ekfac_damping,
         "mislabel": mislabel,
     }
-    atomic_write_json(out / "table.json", results)
-    path = out / "table.md"
-    atomic_write_text(path, report(results))
-    return path
+    atomic_write_json(out / f"table_{task.name}.json", results)
+    return results
+
+
+#: The table's row order (json keeps keys sorted).
+ORDER = (
+    "tracin",
+    "tracin_adam",
+    "cosine",
+    "trak_1model",
+    "trak_8ckpts",
+    "trak_5models",
+    "ekfac_1model",
+    "ekfac_5models",
+    "ekfac_1model_reduce",
+    "ekfac_5models_reduce",
+    "random",
+    "loss",
+    "oracle_clean_model_loss",
+)
+
+
+def method_names(r: dict) -> list[str]:
+    """Every method with an LDS or mislabel figure in ``r``, in :data:`ORDER`."""
+    present = set(r["lds"]) | {n for rows in r["mislabel"].values() for n in rows}
+    return [n for n in ORDER if n in present] + sorted(present - set(ORDER))
 
 
 def _mislabel_summary(mislabel: dict, name: str) -> dict | None:
@@ -415,16 +483,53 @@ def _mislabel_summary(mislabel: dict, name: str) -> dict | None:
     }
 
 
-def report(r: dict) -> str:
+def report(results: dict[str, dict]) -> str:
+    """The combined table (one row per task and method) and each task's section."""
+    lines = [
+        "# One quality table: every attribution method on every task",
+        "",
+        "Command: `.venv/bin/python -m experiments.attribution_quality.table` (`--task` picks "
+        "tasks; each task's figures are in `table_<task>.json`). Columns: LDS with its 95 % "
+        "bootstrap interval, mislabel AUROC (10 % flips, mean over three flip seeds), scoring "
+        "seconds with compilation apart. Details, ceilings and per-seed figures below.",
+        "",
+        "| task | method | LDS [95 % CI] | mislabel AUROC | seconds LDS / mislabel |",
+        "|---|---|---|---|---|",
+    ]
+    for task, r in results.items():
+        names = method_names(r)
+        c = r["ceiling"]
+        lines.append(
+            f"| {task} | *ceiling: 2nd draw predicted by the 1st* | {c['lds']:+.3f} "
+            f"[{c['low']:+.3f}, {c['high']:+.3f}] | - | - |"
+        )
+        for name in names:
+            v = r["lds"].get(name)
+            m = _mislabel_summary(r["mislabel"], name)
+            lds = f"{v['lds']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]" if v else "-"
+            au = f"{m['detector_auroc'][0]:.3f}" if m else "-"
+            rows = [x[name] for x in r["mislabel"].values() if name in x]
+            sec = (
+                (f"{v['seconds']:.0f}" if v else "-")
+                + " / "
+                + (f"{np.mean([x['seconds'] for x in rows]):.0f}" if rows else "-")
+            )
+            lines.append(f"| {task} | {name} | {lds} | {au} | {sec} |")
+    for r in results.values():
+        lines += ["", *task_section(r)]
+    return "\n".join(lines) + "\n"
+
+
+def task_section(r: dict) -> list[str]:
     s = r["setup"]
     c = r["ceiling"]
     lines = [
-        "# One quality table: attribution methods on the quark/gluon jets",
+        f"## {s['task']}: {s['what']}",
         "",
-        f"Date {r['date']}; {r['hardware']}; jax {r['jax']}. Command: `{r['command']}`.",
+        f"Date {r['date']}; {r['hardware']}; jax {r['jax']}; config `{s['config']}`.",
         "",
-        f"{s['task']}; {s['n_train']} training and {s['n_test']} test jets (the LDS set of "
-        f"`run.py`). LDS: {s['n_subsets']} models on random alpha = {s['alpha']} subsets "
+        f"{s['n_train']} training and {s['n_test']} test events. LDS: {s['n_subsets']} models "
+        f"on random alpha = {s['alpha']} subsets "
         f"(subset seed {s['subset_seed']}); 95 % percentile bootstrap intervals over subset "
         f"models and test jets jointly ({s['n_boot']} resamples). Ceiling: a second draw of "
         f"the same subsets (training seed {s['second_draw_training_seed']}), its margins "
@@ -440,7 +545,7 @@ def report(r: dict) -> str:
         "| seconds LDS (+compile) | seconds mislabel (+compile) |",
         "|---|---|---|---|---|---|---|",
     ]
-    names = list(r["lds"]) + [n for n in ("loss", "oracle_clean_model_loss") if n not in r["lds"]]
+    names = method_names(r)
     for name in names:
         v = r["lds"].get(name)
         m = _mislabel_summary(r["mislabel"], name)
@@ -483,21 +588,32 @@ def report(r: dict) -> str:
         "| method | " + " | ".join(r["mislabel"]) + " |",
         "|---|" + "---|" * len(r["mislabel"]),
     ]
-    names_m = list(next(iter(r["mislabel"].values()))) if r["mislabel"] else []
+    names_m = [n for n in method_names(r) if n in next(iter(r["mislabel"].values()), {})]
     for name in names_m:
         lines.append(
             f"| {name} | "
             + " | ".join(f"{rows[name]['detector_auroc']:.3f}" for rows in r["mislabel"].values())
             + " |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--task", choices=sorted(TASKS), action="append", help="tasks to run (default: all)"
+    )
     args = ap.parse_args(argv)
-    path = run_table(args.out)
+    for name in args.task or sorted(TASKS):
+        run_table(args.out, TASKS[name])
+    results = {}
+    for name in TASKS:  # every task with results on disk, in the table's order
+        path = args.out / f"table_{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+    path = args.out / "table.md"
+    atomic_write_text(path, report(results))
     print(f"report: {path.resolve()}")
     return path
 
