@@ -19,8 +19,9 @@ def test_removal_masks_match_their_random_baselines_in_size():
     rng = np.random.default_rng(0)
     si, loss = rng.random(500), rng.random(500)
     labels = rng.integers(0, 2, 500)
+    ek = rng.random(500)
     p = study.PRESETS["full"]
-    masks = study.removal_masks(si, loss, labels, p, seed=3)
+    masks = study.removal_masks({"tracin": si}, loss, labels, p, seed=3)
     for q in p.qs:
         n_keep = 500 - round(q * 500)
         for rule in ("si_top", "si_bottom", "loss_top", "random"):
@@ -28,6 +29,15 @@ def test_removal_masks_match_their_random_baselines_in_size():
         assert si[~masks[f"si_top_{q:g}"]].min() >= si[masks[f"si_top_{q:g}"]].max()
     for name in ("si_robust_1.5", "si_robust_1.5_perclass"):
         assert masks[f"random_as_{name}"].sum() == masks[name].sum()
+    # another score's rules rank by that score, beside TracIn's; the headline preset has no
+    # loss rules
+    h = study.PRESETS["headline"]
+    masks = study.removal_masks({"tracin": si, "ekfac": ek}, loss, labels, h, seed=3)
+    assert len(h.seeds) >= 10 and not any(k.startswith("loss") for k in masks)
+    for q in h.qs:
+        top, bottom = masks[f"ekfac_si_top_{q:g}"], masks[f"ekfac_si_bottom_{q:g}"]
+        assert top.sum() == bottom.sum() == masks[f"random_{q:g}"].sum() == 500 - round(q * 500)
+        assert ek[~top].min() >= ek[top].max() and ek[~bottom].max() <= ek[bottom].min()
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +164,33 @@ def test_a_resumed_row_trained_on_other_events_is_refused(tiny_study, tmp_path):
     atomic_write_json(resumed / "results.json", rows)
     with pytest.raises(study.StudyError, match=r"row 'qg_jets/seed0/random_0.2'.*kept_ids_sha"):
         study.run_study("tiny", resumed)
+
+
+@pytest.mark.slow  # end-to-end: make test runs it, make test-fast not
+def test_a_users_parquet_config_is_studied_with_ekfac_rules(tmp_path):
+    """``--config``: the protocol on a user's own Parquet events (not a built-in preset), with
+    EK-FAC self-influence ranking removal rules beside TracIn's; the rows are trained on exactly
+    the events each rule keeps."""
+    from hepattr_jax.data.parquet import save_parquet
+    from hepattr_jax.data.synthetic import random_events
+
+    ev = random_events(300, n_node_range=(3, 6), seed=4, n_globals=1)
+    save_parquet(ev, tmp_path / "mine.parquet")
+    cfg = tmp_path / "my_events.toml"
+    cfg.write_text(
+        'dataset = "parquet"\nedges = "fully_connected"\nbatch_size = 32\n'
+        '[dataset_kwargs]\npath = "mine.parquet"\n'
+        "[model_kwargs]\nhidden = 16\nn_blocks = 1\nreadout_hidden = 16\n"
+    )
+    out = tmp_path / "study"
+    report = study.run_study("tiny", out, config=cfg, scores=("ekfac",))
+    rows = json.loads((out / "results.json").read_text())
+    for rule in ("full", "si_top_0.2", "ekfac_si_top_0.2", "ekfac_si_bottom_0.2", "random_0.2"):
+        assert f"my_events/seed0/{rule}" in rows, rule
+    z = np.load(out / "scores" / "my_events_seed0.npz")
+    assert np.all(np.isfinite(z["si_ekfac"])) and not np.array_equal(z["si_ekfac"], z["si"])
+    kept = np.load(out / "runs" / "my_events" / "seed0" / "ekfac_si_top_0.2" / "kept_ids.npy")
+    order = np.argsort(-z["si_ekfac"], kind="stable")
+    removed = set(z["ids"][order[: round(0.2 * len(order))]].tolist())
+    assert removed.isdisjoint(kept.tolist()) and len(kept) == len(order) - len(removed)
+    assert "ekfac_si_top_0.2" in report.read_text()

@@ -27,8 +27,13 @@ def removal_curve(rows: dict, ds: str, p, out: Path) -> Path | None:
     ]
     if not full:
         return None
+    rules = dict(RULES)
+    for m in getattr(p, "scores", ()):
+        if m != "tracin":
+            rules[f"{m}_si_top"] = f"highest {m} self-influence removed"
+            rules[f"{m}_si_bottom"] = f"lowest {m} self-influence removed"
     fig, ax = subplots(figsize=(6, 4))
-    for i, (rule, label) in enumerate(RULES.items()):
+    for i, (rule, label) in enumerate(rules.items()):
         qs, mean, std = [], [], []
         for q in p.qs:
             vals = [
@@ -60,6 +65,17 @@ def removal_curve(rows: dict, ds: str, p, out: Path) -> Path | None:
     path = out / f"removal_curve_{ds}.png"
     fig.savefig(path, dpi=110)
     return path
+
+
+def _density_hist(ax, values: np.ndarray, bins: np.ndarray, label: str) -> None:
+    """A normalised step histogram of ``values``; a group with nothing inside the bins (no
+    events of a class removed, a user's quantity all outside the common range) is named in the
+    legend with no curve instead of a division by zero."""
+    inside = values[(values >= bins[0]) & (values <= bins[-1])]
+    if len(inside) == 0:
+        ax.plot([], [], label=f"{label}: none in range")
+        return
+    ax.hist(inside, bins=bins, density=True, histtype="step", label=label)
 
 
 def physics_plots(out: Path, ds: str, p, physics: dict) -> list[Path]:
@@ -97,20 +113,8 @@ def physics_plots(out: Path, ds: str, p, physics: dict) -> list[Path]:
             else:
                 lo, hi = np.percentile(finite, [0.5, 99.5])
                 bins = np.linspace(lo, hi + 1e-9, 30)
-            ax.hist(
-                x[m & ~removed],
-                bins=bins,
-                density=True,
-                histtype="step",
-                label=f"kept ({(m & ~removed).sum()})",
-            )
-            ax.hist(
-                x[m & removed],
-                bins=bins,
-                density=True,
-                histtype="step",
-                label=f"removed ({(m & removed).sum()})",
-            )
+            for group, what in ((m & ~removed, "kept"), (m & removed, "removed")):
+                _density_hist(ax, x[group], bins, f"{what} ({group.sum()})")
             ax.set_xlabel(name)
             ax.legend(fontsize=7)
     fig.suptitle(

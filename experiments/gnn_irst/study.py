@@ -70,6 +70,10 @@ class Preset:
     mislabel_remove: tuple[float, ...] = (0.1,)
     dataset_kwargs: dict = dataclasses.field(default_factory=dict)
     chunk_size: int = 256
+    # Self-influence methods the removal rules rank by (hepattr_jax.scoring.METHODS): TracIn's
+    # rules are si_top_q / si_bottom_q, another method's <method>_si_top_q / _bottom_q.
+    scores: tuple[str, ...] = ("tracin",)
+    loss_rules: bool = True
 
 
 PRESETS = {
@@ -96,22 +100,58 @@ PRESETS = {
         mislabel_remove=(0.1, 0.2),
         dataset_kwargs={"susy_sim": {"n_events": 30_000, "seed": 0}},
     ),
+    # The headline comparisons with ten seeds, so that a real effect can show at p < 0.01 (the
+    # exact sign-flip test's smallest p is 2 / 2^10): top and bottom self-influence at q = 0.1
+    # and 0.3 against random subsets of the same size, TracIn beside EK-FAC (the best score of
+    # experiments/attribution_quality/table.py).
+    "headline": Preset(
+        datasets=("qg_jets",),
+        seeds=tuple(range(10)),
+        qs=(0.1, 0.3),
+        epochs=8,
+        robust=False,
+        mislabel_seeds=(),
+        scores=("tracin", "ekfac"),
+        loss_rules=False,
+    ),
 }
 
 BASE_CONFIG = {"qg_jets": "qg.toml", "susy_sim": "susy.toml"}
 
 
+def study_config(p: Preset, ds: str, configs: dict[str, Path]) -> TrainConfig:
+    """The training config of data set ``ds``: its file (a preset's built-in, or the user's
+    ``--config``) with the preset's epochs and any dataset_kwargs the preset sets for it."""
+    base = load_config(configs[ds]).replace(epochs=p.epochs)
+    if ds in p.dataset_kwargs:
+        base = base.replace(dataset_kwargs=p.dataset_kwargs[ds])
+    return base
+
+
 # --------------------------------------------------------------------- rules
+def score_prefix(method: str) -> str:
+    """The rule-name prefix of a self-influence method: ``si`` for TracIn (the names of every
+    study before methods existed), ``<method>_si`` for the others."""
+    return "si" if method == "tracin" else f"{method}_si"
+
+
 def removal_masks(
-    si: np.ndarray, loss: np.ndarray, labels: np.ndarray, p: Preset, seed: int
+    scores: dict[str, np.ndarray], loss: np.ndarray, labels: np.ndarray, p: Preset, seed: int
 ) -> dict[str, np.ndarray]:
-    """Keep masks of every rule; each SI rule is matched by a random subset of the same size."""
+    """Keep masks of every rule; each SI rule is matched by a random subset of the same size.
+    ``scores``: self-influence by method (``"tracin"`` drives the robust and per-class rules)."""
+    si = scores["tracin"]
     n = len(si)
     masks = {}
     for q in p.qs:
-        masks[f"si_top_{q:g}"] = evaluation.remove_top_fraction(si, q)
-        masks[f"si_bottom_{q:g}"] = evaluation.remove_top_fraction(si, q, largest=False)
-        masks[f"loss_top_{q:g}"] = evaluation.remove_top_fraction(loss, q)
+        for method in p.scores:
+            pre = score_prefix(method)
+            masks[f"{pre}_top_{q:g}"] = evaluation.remove_top_fraction(scores[method], q)
+            masks[f"{pre}_bottom_{q:g}"] = evaluation.remove_top_fraction(
+                scores[method], q, largest=False
+            )
+        if p.loss_rules:
+            masks[f"loss_top_{q:g}"] = evaluation.remove_top_fraction(loss, q)
         masks[f"random_{q:g}"] = evaluation.random_keep(
             n, n - int(round(q * n)), seed=1000 * seed + int(1000 * q)
         )
@@ -169,6 +209,10 @@ def _train_row(
     }
 
 
+def _score_key(method: str) -> str:
+    return "si" if method == "tracin" else f"si_{method}"
+
+
 def _trained_scores(
     res: Results,
     key: str,
@@ -177,26 +221,35 @@ def _trained_scores(
     run_dir: Path,
     score_file: Path,
     p: Preset,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Self-influence and final loss of ``data.train`` under the run ``key``: read from
-    ``score_file`` if it is there, else trained (again, so that row and scores belong to the
-    same checkpoints), scored and saved."""
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Self-influence by method (``p.scores``, TracIn always) and final loss of ``data.train``
+    under the run ``key``: read from ``score_file`` if it holds them all, else scored from the
+    run's checkpoints (trained again if they are gone, so that row and scores belong to the
+    same checkpoints) and saved."""
     identity = row_identity(cfg, data, None)
+    methods = tuple(dict.fromkeys(("tracin", *p.scores)))
+    saved: dict[str, np.ndarray] = {}
     if score_file.exists() and key in res.rows:
         res.check(key, identity)
-        z = np.load(score_file)
-        if not np.array_equal(z["ids"], data.train.events.ids):
+        with np.load(score_file) as z:
+            saved = {k: z[k] for k in z.files}
+        if not np.array_equal(saved["ids"], data.train.events.ids):
             raise RuntimeError(f"{score_file}: scores of other events; delete it")
-        return z["si"], z["loss"]
-    res.rows.pop(key, None)
-    res.get_or_run(key, _train_row, cfg, data, run_dir, None, identity=identity)
-    si, loss = _scores(run_dir, data, cfg, p.chunk_size)
+        if all(_score_key(m) in saved for m in methods):
+            return {m: saved[_score_key(m)] for m in methods}, saved["loss"]
+    if key not in res.rows or not (run_dir / "metrics.json").exists():
+        res.rows.pop(key, None)
+        res.get_or_run(key, _train_row, cfg, data, run_dir, None, identity=identity)
+    scores, loss = _scores(run_dir, data, cfg, p.chunk_size, methods)
+    if saved and not np.array_equal(saved["si"], scores["tracin"]):
+        raise RuntimeError(f"{score_file}: TracIn scores differ from the run's; delete it")
+    arrays = {_score_key(m): v for m, v in scores.items()}
     atomic_write_npz(
         score_file,
-        {"ids": data.train.events.ids, "si": si, "loss": loss, "labels": data.train.events.labels},
+        {"ids": data.train.events.ids, "loss": loss, "labels": data.train.events.labels, **arrays},
         compressed=True,
     )
-    return si, loss
+    return scores, loss
 
 
 def _baselines(data: PreparedData) -> dict:
@@ -209,15 +262,32 @@ def _baselines(data: PreparedData) -> dict:
     return out
 
 
-def _scores(run_dir: Path, data: PreparedData, config: TrainConfig, chunk_size: int):
-    """TracIn self-influence over all checkpoints, and the loss at the last checkpoint."""
+def _scores(
+    run_dir: Path,
+    data: PreparedData,
+    config: TrainConfig,
+    chunk_size: int,
+    methods: tuple[str, ...] = ("tracin",),
+):
+    """Self-influence by method (TracIn over all checkpoints; EK-FAC at the last, its factors
+    in the run's ``influence/ekfac_factors``), and the loss at the last checkpoint."""
     run = load_run(run_dir, data=data)
-    _, si, _ = scored_self_influence(
-        run, run_dir / "influence" / "self_train", chunk_size=chunk_size, progress=False
-    )
+    scores = {}
+    for method in methods:
+        store = (
+            run_dir / "influence" / ("self_train" + ("" if method == "tracin" else f"_{method}"))
+        )
+        _, scores[method], _ = scored_self_influence(
+            run,
+            store,
+            chunk_size=chunk_size,
+            progress=False,
+            method=method,
+            ekfac_dir=run_dir / "influence" / "ekfac_factors",
+        )
     last = run.checkpoints.at(len(run.checkpoints) - 1)
     _, loss = evaluate_events(run.model.apply, last, data.train, config.batch_size)
-    return si, loss
+    return scores, loss
 
 
 # --------------------------------------------------------------------- driver
@@ -267,10 +337,40 @@ class Results:
             )
 
 
-def run_study(preset: str, out: Path, datasets: tuple[str, ...] | None = None) -> Path:
+def run_study(
+    preset: str,
+    out: Path,
+    datasets: tuple[str, ...] | None = None,
+    *,
+    config: Path | None = None,
+    seeds: tuple[int, ...] | None = None,
+    scores: tuple[str, ...] | None = None,
+) -> Path:
     """Runs (or resumes) the study ``preset`` into ``out``; ``datasets`` restricts it to some of
-    the preset's data sets (rows of the others stay in results.json untouched)."""
+    the preset's data sets (rows of the others stay in results.json untouched). ``config``: a
+    user's training config (any data source, e.g. ``dataset = "parquet"``) studied in place of
+    the preset's data sets, under its file name; ``seeds``, ``scores``: override the preset's."""
+    from hepattr_jax.scoring import METHODS
+
     p = PRESETS[preset]
+    if seeds:
+        p = dataclasses.replace(p, seeds=tuple(seeds))
+    if scores:
+        unknown = sorted(set(scores) - set(METHODS) | ({"cosine"} & set(scores)))
+        if unknown:
+            raise SystemExit(
+                f"--scores {unknown}: use self-influence methods of {METHODS} but cosine (its "
+                "self-influence is a constant)"
+            )
+        p = dataclasses.replace(p, scores=tuple(dict.fromkeys(("tracin", *scores))))
+    configs = {ds: HERE / name for ds, name in BASE_CONFIG.items()}
+    if config is not None:
+        config = Path(config)
+        if not config.is_file():
+            raise SystemExit(f"--config {config}: no such file")
+        configs = {config.stem: config}
+        p = dataclasses.replace(p, datasets=(config.stem,))
+        datasets = None
     if datasets:
         unknown = sorted(set(datasets) - set(p.datasets))
         if unknown:
@@ -280,10 +380,8 @@ def run_study(preset: str, out: Path, datasets: tuple[str, ...] | None = None) -
     res = Results(out / "results.json")
     t_start = time.perf_counter()
     for ds in p.datasets:
-        base = load_config(HERE / BASE_CONFIG[ds]).replace(
-            epochs=p.epochs, dataset_kwargs=p.dataset_kwargs.get(ds, {})
-        )
-        events = load_dataset(ds, **base.dataset_kwargs)
+        base = study_config(p, ds, configs)
+        events = load_dataset(base.dataset, **base.dataset_kwargs)
         data = prepare_data(base, events)
         labels = data.train.events.labels
         res.get_or_run(f"{ds}/baselines", _baselines, data)
@@ -293,8 +391,8 @@ def run_study(preset: str, out: Path, datasets: tuple[str, ...] | None = None) -
             print(f"== {tag}: full training set ({len(data.train)} events)", flush=True)
             base_dir = out / "runs" / ds / f"seed{seed}" / "full"
             score_file = out / "scores" / f"{ds}_seed{seed}.npz"
-            si, loss = _trained_scores(res, f"{tag}/full", cfg, data, base_dir, score_file, p)
-            for rule, keep in removal_masks(si, loss, labels, p, seed).items():
+            scores, loss = _trained_scores(res, f"{tag}/full", cfg, data, base_dir, score_file, p)
+            for rule, keep in removal_masks(scores, loss, labels, p, seed).items():
                 print(f"   {tag}: {rule} (keep {int(keep.sum())})", flush=True)
                 rule_dir = out / "runs" / ds / f"seed{seed}" / rule
                 res.get_or_run(
@@ -308,14 +406,13 @@ def run_study(preset: str, out: Path, datasets: tuple[str, ...] | None = None) -
                 )
         for seed in p.mislabel_seeds:
             _mislabel(res, out, ds, base, data, p, seed)
-    physics = {ds: _physics_table(p, ds) for ds in p.datasets}
+    physics = {ds: _physics_table(p, ds, configs) for ds in p.datasets}
     return write_report(preset, p, out, res.rows, (time.perf_counter() - t_start) / 60, physics)
 
 
-def _physics_table(p: Preset, ds: str) -> dict[str, np.ndarray]:
+def _physics_table(p: Preset, ds: str, configs: dict[str, Path]) -> dict[str, np.ndarray]:
     """Per-event node count and physics quantities of the training split, by event id order."""
-    base = load_config(HERE / BASE_CONFIG[ds]).replace(dataset_kwargs=p.dataset_kwargs.get(ds, {}))
-    train = prepare_data(base).train.events
+    train = prepare_data(study_config(p, ds, configs)).train.events
     return {"ids": train.ids, "n_node": train.n_node.astype(float), **train.physics}
 
 
@@ -330,13 +427,16 @@ def _mislabel(
     run_dir = out / "runs" / ds / f"mislabel_seed{seed}" / "noisy"
     print(f"== {tag}: {int(flipped.sum())} flipped labels", flush=True)
     score_file = out / "scores" / f"{ds}_mislabel_seed{seed}.npz"
-    si, loss = _trained_scores(res, f"{tag}/noisy_full", cfg, noisy, run_dir, score_file, p)
+    scores, loss = _trained_scores(res, f"{tag}/noisy_full", cfg, noisy, run_dir, score_file, p)
+    si = scores["tracin"]
     rnd = np.random.default_rng(seed + 99).random(len(si))
+    named = [("self_influence", si)]
+    named += [(f"self_influence_{m}", scores[m]) for m in p.scores if m != "tracin"]
 
     def detection():
         return {
             name: evaluation.detection_rates(s, flipped)
-            for name, s in (("self_influence", si), ("loss", loss), ("random", rnd))
+            for name, s in (*named, ("loss", loss), ("random", rnd))
         }
 
     res.get_or_run(f"{tag}/detection", detection)
@@ -539,10 +639,26 @@ def main(argv=None) -> Path:
         default=None,
         help="comma-separated subset of the preset's data sets (default: all)",
     )
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a training config (TOML, any data source: your Parquet events with dataset = "
+        "\"parquet\") studied in place of the preset's data sets, with the preset's rules",
+    )
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
+    ap.add_argument(
+        "--scores",
+        default=None,
+        help="comma-separated self-influence methods the removal rules rank by, besides "
+        "TracIn: adam, ekfac (default: the preset's)",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out or f"runs/gnn_irst_{args.preset}")
     datasets = tuple(args.datasets.split(",")) if args.datasets else None
-    report = run_study(args.preset, out, datasets)
+    seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else None
+    scores = tuple(args.scores.split(",")) if args.scores else None
+    report = run_study(args.preset, out, datasets, config=args.config, seeds=seeds, scores=scores)
     print(f"report: {report.resolve()}")
     return report
 
