@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hepattr_jax.engine import stream
+from hepattr_jax.engine import stream_totals
 from hepattr_jax.errors import ConfigError
 from hepattr_jax.graphs import GraphSet
 from hepattr_jax.kfac import LayerStatistics, layer_statistics
@@ -269,22 +269,17 @@ def correction_totals(
 
     kernel = correction_kernel(layout, eigen_map, fisher)
     params, state = replicate((ckpts.params, unit_state), mesh)
-    total = None
-    for _, _, vals in stream(
+    return stream_totals(
         layout,
         gs,
         lambda data: kernel(params, data, state),
         chunk_size=chunk_size,
         desc="EK-FAC eigenvalues",
         progress=progress,
-        on_chunk=(lambda i, p, v: on_chunk(i, p, v.astype(np.float64))) if on_chunk else None,
+        on_chunk=on_chunk,
         skip_chunk=skip_chunk,
         mesh=mesh,
-        totals=True,
-    ):
-        part = vals.astype(np.float64)
-        total = part if total is None else total + part
-    return total
+    )
 
 
 def unpack_correction(

@@ -74,3 +74,23 @@ def stream(
                 on_chunk(idx, chunk.positions, values)
             yield idx, chunk.positions, values
             bar.update(c)
+
+
+def stream_totals(
+    layout,
+    gs: GraphSet,
+    chunk_fn: ChunkFn,
+    *,
+    on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    **kwargs,
+) -> np.ndarray | None:
+    """:func:`stream` with ``totals=True``, summed: the float64 sum of the chunk totals computed
+    here (None if every chunk was skipped), each chunk's total handed to ``on_chunk`` in
+    float64 first (a store's :meth:`~hepattr_jax.store.ScoreStore.write_chunk` with
+    ``total=True``). ``kwargs``: those of :func:`stream`."""
+    total = None
+    persist = (lambda i, p, v: on_chunk(i, p, v.astype(np.float64))) if on_chunk else None
+    for _, _, vals in stream(layout, gs, chunk_fn, on_chunk=persist, totals=True, **kwargs):
+        part = vals.astype(np.float64)
+        total = part if total is None else total + part
+    return total

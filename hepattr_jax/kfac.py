@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from hepattr_jax.engine import stream
+from hepattr_jax.engine import stream_totals
 from hepattr_jax.errors import ConfigError
 from hepattr_jax.graphs import GraphSet
 from hepattr_jax.per_example import check_layerwise, layer_statistics_kernel, one_example
@@ -206,8 +206,7 @@ def layer_statistics_totals(
     check_layerwise(layout, ckpts.params, gs, "margin")
     kernel = layer_statistics_kernel(layout, fisher)
     params = replicate(ckpts.params, mesh)
-    total = None
-    for _, _, vals in stream(
+    return stream_totals(
         layout,
         gs,
         lambda data: kernel(params, data),
@@ -215,14 +214,10 @@ def layer_statistics_totals(
         positions=positions,
         desc="layer statistics",
         progress=progress,
-        on_chunk=(lambda i, p, v: on_chunk(i, p, v.astype(np.float64))) if on_chunk else None,
+        on_chunk=on_chunk,
         skip_chunk=skip_chunk,
         mesh=mesh,
-        totals=True,
-    ):
-        part = vals.astype(np.float64)
-        total = part if total is None else total + part
-    return total
+    )
 
 
 def layer_statistics(
