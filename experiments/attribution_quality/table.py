@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import os
 import time
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def cached(path: Path, fn):
         out = fn()
     out["seconds"] = np.float64(t["seconds"] - t["compile_seconds"])
     out["compile_seconds"] = np.float64(t["compile_seconds"])
+    out["load_average"] = np.float64(os.getloadavg()[0])  # 1 min, at the stage's end
     atomic_write_npz(path, out)
     print(f"{path.name}: {t['seconds']:.0f} s ({t['compile_seconds']:.0f} s compiling)", flush=True)
     return out
@@ -390,6 +392,7 @@ def run_table(out: Path, task: Task) -> dict:
     ceiling["noise_free_estimate"] = float(np.sqrt(max(ceiling["lds"], 0.0)))
     print(f"ceiling (draw 1 predicting draw 2): {ceiling}", flush=True)
 
+    loads = [float(r["load_average"]) for r in methods.values() if "load_average" in r]
     by_seed = methods.pop("_by_seed")
     damping = methods.pop("_damping")
 
@@ -440,6 +443,7 @@ def run_table(out: Path, task: Task) -> dict:
             "n_boot": N_BOOT,
         },
         "ceiling": ceiling,
+        "load_average_while_scoring": [min(loads), max(loads)] if loads else None,
         "lds": lds,
         "ekfac_lds_by_seed": ekfac_by_seed,
         "ekfac_lds_by_damping": ekfac_damping,
@@ -520,13 +524,21 @@ def report(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load_note(r: dict) -> str:
+    load = r.get("load_average_while_scoring")
+    if not load:
+        return ""
+    return f" Load average (1 min) at the end of the scoring stages: {load[0]:.1f}-{load[1]:.1f}."
+
+
 def task_section(r: dict) -> list[str]:
     s = r["setup"]
     c = r["ceiling"]
     lines = [
         f"## {s['task']}: {s['what']}",
         "",
-        f"Date {r['date']}; {r['hardware']}; jax {r['jax']}; config `{s['config']}`.",
+        f"Date {r['date']}; {r['hardware']}; jax {r['jax']}; config `{s['config']}`."
+        + _load_note(r),
         "",
         f"{s['n_train']} training and {s['n_test']} test events. LDS: {s['n_subsets']} models "
         f"on random alpha = {s['alpha']} subsets "
