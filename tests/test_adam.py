@@ -102,6 +102,7 @@ def test_adam_self_influence_matrix_top_k_and_features_float64_equal_numpy():
         np.testing.assert_allclose(feats, ref_f, rtol=1e-9, atol=1e-12 * np.abs(ref_f).max())
 
 
+@pytest.mark.slow  # make test runs it, make test-fast not
 def test_refusals_name_the_problem():
     gs, model, ckpts = _setup(dtype=jnp.float32)
     layout = layout_for(model, gs)
