@@ -199,3 +199,24 @@ def test_layer_statistics_benchmark_quick_preset_writes_results(tmp_path):
     for r in w["methods"].values():
         assert _positive(r["events_per_s"]) and r["steady_calls_compile_s"] == 0.0
     assert [x["rows_per_event"] for x in w["layers"]][-2:] == [1.0, 1.0]  # the readout
+
+
+@pytest.mark.slow  # make test runs it, make test-fast not
+def test_attribution_methods_benchmark_quick_preset_writes_results(tmp_path):
+    from benchmarks.attribution_methods import main as methods_main
+
+    res = methods_main(["--preset", "quick", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("attribution_methods_quick_*.json")
+    on_disk = json.loads(json_path.read_text())
+    assert json_path.with_suffix(".md").read_text().startswith("# Attribution methods")
+    assert res["files"]["json"] == str(json_path)
+    (w,) = on_disk["workloads"]
+    assert set(w["methods"]) == {
+        "exact_self_influence",
+        "adam_self_influence",
+        "cosine_map",
+        "ekfac_self_influence",
+        "ekfac_fit",
+    }
+    for r in w["methods"].values():  # steady calls compile nothing
+        assert _positive(r["events_per_s"]) and r["steady_calls_compile_s"] == 0.0
