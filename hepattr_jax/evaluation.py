@@ -197,7 +197,9 @@ def lds_interval(
 
     Returns ``{"lds", "low", "high", "n_boot", "level"}``; the point estimate is the plain LDS
     (mean Spearman over test events, constant columns left out, as
-    :func:`linear_datamodeling_score`).
+    :func:`linear_datamodeling_score`). A resample repeats subset models, whose tied ranks pull
+    its Spearman down a little (0.005 below the point estimate on average on synthetic data with
+    64 subsets), so the interval leans slightly low: conservative.
     """
     pred = np.asarray(predictions, np.float64)
     marg = np.asarray(margins, np.float64)
