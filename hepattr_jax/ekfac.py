@@ -346,6 +346,8 @@ def fit(
         progress=progress,
         mesh=mesh,
     )
+    if total is None:
+        raise ConfigError("EK-FAC: no events in the eigenvalue-correction pass")
     return unpack_correction(stats, basis.q_a, basis.q_s, total, ckpts.at(0), factors)
 
 

@@ -399,7 +399,6 @@ def kernel_cache(factory: Callable) -> Callable:
         bound.apply_defaults()
         return cached(*bound.args)
 
-    make.cache_clear = cached.cache_clear
     return make
 
 
