@@ -409,10 +409,14 @@ def optional_state(jitted: Callable) -> Callable:
 
     n_args = len(inspect.signature(jitted).parameters)
 
+    def full(args):
+        return (*args, None) if len(args) == n_args - 1 else args
+
     @functools.wraps(jitted)
     def call(*args):
-        return jitted(*args, None) if len(args) == n_args - 1 else jitted(*args)
+        return jitted(*full(args))
 
+    call.lower = lambda *args: jitted.lower(*full(args))  # type: ignore[attr-defined]
     return call
 
 
