@@ -29,29 +29,12 @@ import jax
 import numpy as np
 
 from benchmarks.layer_capture import _interleaved, markdown_head, method_table, run_preset
+from benchmarks.layer_statistics import SETTINGS, Settings  # the same workloads and repeats
 from benchmarks.tracin_throughput import WORKLOADS, make_workload, preset_main
 from hepattr_jax import ekfac, tracin
 from hepattr_jax.adam import adam_gradient_map
 from hepattr_jax.cosine import cosine_gradient_map
 from hepattr_jax.per_example import layout_for
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    workloads: tuple[str, ...]
-    model: str
-    n_checkpoints: int
-    chunk_size: int
-    repeats: dict  # workload -> steady calls
-    matmul_size: int
-
-
-SETTINGS = {
-    "ref": Settings(
-        ("ref-edgeconv", "ref-jets"), "edgeconv", 5, 64, {"ref-edgeconv": 5, "ref-jets": 2}, 2048
-    ),
-    "quick": Settings(("quick-edgeconv",), "edgeconv", 2, 16, {"quick-edgeconv": 1}, 256),
-}
 
 
 def run_workload(s: Settings, name: str) -> dict:
