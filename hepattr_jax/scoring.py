@@ -137,8 +137,11 @@ def prepare_method(
     ck = run.checkpoints
     last = dataclasses.replace(run, checkpoints=ekfac.ekfac_checkpoints(ck.select([len(ck) - 1])))
     factor_dir = Path(ekfac_dir) if ekfac_dir is not None else Path(store_dir) / "ekfac_factors"
-    fitted = read_finished(factor_dir, _factors_meta(last, factors, fisher, chunk_size))
-    if shard is not None and fitted is None:
+    # one process alone fits the factors; a share only reads finished ones (checked here, so
+    # a single process does not read the finished store twice)
+    if shard is not None and (
+        read_finished(factor_dir, _factors_meta(last, factors, fisher, chunk_size)) is None
+    ):
         raise ConfigError(
             f"EK-FAC with several processes: fit the factors first, in one process "
             f"(hepattr influence ekfac-fit {run.run_dir} --out {factor_dir}, or the same "
