@@ -135,3 +135,20 @@ def test_help_covers_every_command_and_setting(capsys):
         assert "--allow-missing-checkpoints" in _help(capsys, "influence", kind)
     explain = _help(capsys, "explain")
     assert "--allow-missing-checkpoints" in explain and "--q Q" in explain
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parents[1] / "experiments").glob("*/*.toml")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_committed_configs_are_valid(path):
+    """Every config the experiments ship parses and validates; its dataset's arguments are ones
+    the source takes (no data is loaded)."""
+    import inspect
+
+    from hepattr_jax.data.registry import DATASETS
+
+    c = load_config(path)
+    accepted = inspect.signature(DATASETS[c.dataset]).parameters
+    assert set(c.dataset_kwargs) <= set(accepted), path

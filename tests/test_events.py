@@ -91,3 +91,15 @@ def test_select_and_positions_of():
     with pytest.raises(DataError, match=r"\[99\]"):
         ev.positions_of(np.array([1, 99]))
     assert ev.fingerprint() != sub.fingerprint()
+
+
+def test_leading_keeps_each_events_first_objects():
+    ev = random_events(20, seed=4)
+    cut = ev.leading(5)
+    cut.validate()
+    assert cut.ids.tolist() == ev.ids.tolist()
+    for i in range(len(ev)):  # the loop the vectorised cut must equal
+        np.testing.assert_array_equal(cut.event_nodes(i), ev.event_nodes(i)[:5])
+    assert cut.leading(100).fingerprint() == cut.fingerprint()
+    with pytest.raises(DataError, match="at least one"):
+        ev.leading(0)

@@ -280,3 +280,6 @@ def test_qg_tiny(tmp_path):
 
     pid = pq.read_table(out / "shard-00000.parquet", columns=["pid"]).column("pid")
     assert pid.combine_chunks().flatten().to_numpy().size == ev.n_node[:6].sum()
+    cut = gen.load_generated(out, max_constituents=3)  # the leading (highest-pT) three
+    np.testing.assert_array_equal(cut.n_node, np.minimum(ev.n_node, 3))
+    np.testing.assert_array_equal(cut.event_nodes(0), ev.event_nodes(0)[:3])

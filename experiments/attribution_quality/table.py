@@ -66,9 +66,12 @@ from experiments.attribution_quality.run import (
 )
 from hepattr_jax import ekfac, evaluation, trak
 from hepattr_jax.adam import adam_gradient_map
+from hepattr_jax.config import load_config
 from hepattr_jax.cosine import cosine_gradient_map
+from hepattr_jax.data.generate import generate, load_generated
 from hepattr_jax.datamodels import subset_masks, train_subset_models
 from hepattr_jax.environment import provenance
+from hepattr_jax.errors import DataError
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz, atomic_write_text
 from hepattr_jax.per_example import layout_for
 from hepattr_jax.projection import Projector
@@ -97,6 +100,21 @@ class Task:
     what: str
     runs: str
     draw1: str
+    #: ``(process, n, seed)`` of ``hepattr generate`` for a task on generated jets: made into the
+    #: config's ``dataset_kwargs.path`` when it holds no finished generation (resumable).
+    generate: tuple[str, int, int] | None = None
+
+    def ensure_data(self) -> None:
+        """Generates the task's jets if it has a generation and it is missing or unfinished."""
+        if self.generate is None:
+            return
+        path = Path(load_config(self.config).dataset_kwargs["path"])
+        try:
+            load_generated(path)
+        except DataError as e:
+            process, n, seed = self.generate
+            print(f"{self.name}: generating its jets ({e})", flush=True)
+            generate(process, n, path, seed=seed, workers=os.cpu_count() or 1)
 
     def paths(self, out: Path) -> tuple[Path, Path, Path]:
         """``(runs dir, first-draw file, this task's cache dir)``."""
@@ -119,6 +137,15 @@ TASKS = {
         "fully connected graphs of leptons, jets and missing momentum",
         "runs_susy",
         "table_cache/susy/subset_margins.npz",
+    ),
+    "top_qcd": Task(
+        "top_qcd",
+        Path(__file__).parent / "top_qcd.toml",
+        "generated top vs QCD jets (Pythia 8 + FastJet, 3,000 jets, seed 0), ParticleNet-like "
+        "(ParticleNet-Lite size) on kNN-16 graphs of each jet's 30 leading constituents",
+        "runs_top_qcd",
+        "table_cache/top_qcd/subset_margins.npz",
+        generate=("top_qcd", 3000, 0),
     ),
 }
 
@@ -352,6 +379,7 @@ def run_table(out: Path, task: Task) -> dict:
     """Every method on ``task``: its results (also written to ``out/table_{task}.json``)."""
     runs_dir, draw1_path, own = task.paths(out)
     own.mkdir(parents=True, exist_ok=True)
+    task.ensure_data()
     config, data = lds_data(task.config)
     train_gs, test_gs = data.train, data.test
     print(f"{task.name}: {len(train_gs)} train, {len(test_gs)} test events", flush=True)

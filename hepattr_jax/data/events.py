@@ -161,6 +161,17 @@ class EventSet:
     def select_ids(self, ids: np.ndarray) -> EventSet:
         return self.select(self.positions_of(ids))
 
+    def leading(self, k: int) -> EventSet:
+        """Each event cut to its first ``k`` objects (the leading ones where the objects are
+        stored ordered, as the generated jets' constituents are by pT); ``physics`` is kept as
+        computed from all objects."""
+        if k < 1:
+            raise DataError(f"{self.source}: leading({k}): keep at least one object per event")
+        counts = np.minimum(self.n_node, k)
+        rank = np.arange(self.offsets[-1]) - np.repeat(self.offsets[:-1], self.n_node)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return dataclasses.replace(self, offsets=offsets, nodes=self.nodes[rank < k])
+
     # ----------------------------------------------------------------- checks
     def validate(self) -> EventSet:
         """Checks shapes, labels, finiteness and emptiness; raises DataError naming the event id."""

@@ -698,8 +698,12 @@ def _ratio(stats: dict) -> float:
 
 
 # --------------------------------------------------------------------- reading back
-def load_generated(path: str | Path, max_events: int | None = None) -> EventSet:
-    """All shards of a finished generation in ``path`` as one EventSet (ids kept).
+def load_generated(
+    path: str | Path, max_events: int | None = None, max_constituents: int | None = None
+) -> EventSet:
+    """All shards of a finished generation in ``path`` as one EventSet (ids kept); with
+    ``max_constituents``, each jet's leading (highest-pT) constituents only
+    (:meth:`EventSet.leading`; the jet-level ``physics`` stays that of all stored ones).
 
     Needs neither pythia8mc nor fastjet. Raises DataError for a directory without
     ``generation.json``, a missing shard (an unfinished generation: rerun the same command), or a
@@ -734,6 +738,8 @@ def load_generated(path: str | Path, max_events: int | None = None) -> EventSet:
     events = concat_events(sets, source=str(path))
     if max_events is not None:
         events = events.select(np.arange(min(int(max_events), len(events))))
+    if max_constituents is not None:
+        events = events.leading(int(max_constituents))
     return events
 
 
