@@ -503,3 +503,16 @@ def test_registry_loads_each_source(tmp_path):
     path = save_parquet(ev, tmp_path / "ev.parquet")
     _assert_same_events(load_dataset("parquet", path=path), ev)
     assert len(load_dataset("qg_jets", max_jets=10)) == 10
+
+
+def test_class_names_of_builtin_and_generated_sets(tmp_path):
+    import json
+
+    from hepattr_jax.data.registry import class_names
+
+    assert class_names("qg_jets") == ("quark", "gluon")
+    assert class_names("parquet", {"path": "x.parquet"}) == ("class 0", "class 1")
+    (tmp_path / "generation.json").write_text(json.dumps({"labels": {"1": "top", "0": "qcd"}}))
+    assert class_names("generated", {"path": str(tmp_path)}) == ("qcd", "top")
+    # names only: a missing or broken generation falls back (its loader reports the error)
+    assert class_names("generated", {"path": str(tmp_path / "none")}) == ("class 0", "class 1")

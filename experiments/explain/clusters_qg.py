@@ -19,10 +19,11 @@ import datetime
 import time
 from pathlib import Path
 
+from hepattr_jax.data.registry import class_names
 from hepattr_jax.environment import provenance
 from hepattr_jax.evaluation import remove_top_fraction
 from hepattr_jax.explain.cluster_report import clusters_section, render_clusters
-from hepattr_jax.explain.report import CLASS_NAMES, best_checkpoint
+from hepattr_jax.explain.report import best_checkpoint
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_text
 from hepattr_jax.runs import load_run
 from hepattr_jax.scoring import scored_self_influence
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     si = scored_self_influence(run, Path(args.run_dir) / "influence" / "self_influence_train")
     t_si = time.perf_counter() - t0
     keep = remove_top_fraction(si.total, args.q)
-    cnames = CLASS_NAMES.get(run.config.dataset, ("class 0", "class 1"))
+    cnames = class_names(run.config.dataset, run.config.dataset_kwargs)
     t0 = time.perf_counter()
     c = clusters_section(
         run.model,

@@ -15,10 +15,12 @@ name          function                                          what
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 from hepattr_jax.data.events import EventSet
-from hepattr_jax.data.generate import load_generated
+from hepattr_jax.data.generate import META_NAME, load_generated
 from hepattr_jax.data.parquet import load_parquet
 from hepattr_jax.data.qg_jets import load_qg_jets
 from hepattr_jax.data.susy_sim import simulate_susy
@@ -58,3 +60,26 @@ def load_dataset(name: str, **kwargs) -> EventSet:
     except TypeError as e:
         raise ConfigError(f"dataset {name!r}: {e}; it takes: {', '.join(sig.parameters)}") from None
     return fn(**kwargs)
+
+
+#: Names of label 0 and label 1 of the built-in sources (a generated set names its own).
+CLASS_NAMES: dict[str, tuple[str, str]] = {
+    "qg_jets": ("quark", "gluon"),
+    "susy_sim": ("WW", "SUSY"),
+}
+
+
+def class_names(dataset: str, dataset_kwargs: dict | None = None) -> tuple[str, str]:
+    """``(name of label 0, name of label 1)`` for reports and plots: the built-in sources' from
+    :data:`CLASS_NAMES`, a generated set's from its ``generation.json`` (e.g. QCD, top), else
+    ``("class 0", "class 1")``."""
+    if dataset in CLASS_NAMES:
+        return CLASS_NAMES[dataset]
+    path = (dataset_kwargs or {}).get("path")
+    if dataset == "generated" and path:
+        try:
+            labels = json.loads((Path(path) / META_NAME).read_text())["labels"]
+            return str(labels["0"]), str(labels["1"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # names only: the data loader reports a broken generation
+    return ("class 0", "class 1")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hepattr_jax.data.registry import class_names
 from hepattr_jax.environment import provenance
 from hepattr_jax.explain import plots
 from hepattr_jax.explain.activations import activation_patterns, correlations, pca
@@ -41,7 +42,6 @@ from hepattr_jax.metrics import auroc
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES = {"qg_jets": ("quark", "gluon"), "susy_sim": ("WW", "SUSY")}
 N_PCS = 10  # principal components correlated with the physics quantities
 N_PCS_COVERAGE = 3  # components of a layer whose joint coverage is estimated
 
@@ -189,7 +189,7 @@ def explain_run(
     k_best, ckpt_desc = best_checkpoint(run)
     params = run.checkpoints.at(k_best)
     dataset = run.config.dataset
-    cnames = CLASS_NAMES.get(dataset, ("class 0", "class 1"))
+    cnames = class_names(dataset, run.config.dataset_kwargs)
     train, test = run.data.train, run.data.test
     use_globals = bool(run.config.use_globals) and test.events.n_globals > 0
     baseline = feature_means(train.events)
