@@ -8,7 +8,7 @@ commands:
   influence trak      TRAK scores and self-influence, ensembled over runs
   influence merge     the result of a store scored by several processes (--processes)
   explain RUN_DIR     feature importance, Shapley values, coverage, activation patterns
-  generate NAME       jets from Pythia 8 + FastJet (optional extra hepattr-jax[generate])
+  generate NAME       jets or events from Pythia 8 + FastJet (optional extra hepattr-jax[generate])
 
 Run ``hepattr COMMAND --help`` for the options of each. Errors in the input (config, data,
 checkpoints, stores) are reported as one line naming the file, event or setting, exit status 2.

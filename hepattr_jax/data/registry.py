@@ -7,7 +7,7 @@ name          function                                          what
 ``qg_jets``   :func:`~hepattr_jax.data.qg_jets.load_qg_jets`     real quark/gluon jets, track graphs
 ``susy_sim``  :func:`~hepattr_jax.data.susy_sim.simulate_susy`   simulated chargino vs WW dileptons
 ``parquet``   :func:`~hepattr_jax.data.parquet.load_parquet`     users' own events in Parquet
-``generated`` :func:`~hepattr_jax.data.generate.load_generated`  jets made by ``hepattr generate``
+``generated`` :func:`~hepattr_jax.data.generate.load_generated`  jets/events of ``hepattr generate``
 ``random``    :func:`~hepattr_jax.data.synthetic.random_events`  random shapes (tests, benchmarks)
 ============= ================================================= ====================================
 """
