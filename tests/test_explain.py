@@ -225,7 +225,7 @@ def test_pca_and_correlations():
 
 # --------------------------------------------------------------------- the GNN predictor
 @pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
-@pytest.mark.parametrize("model_name", ["edgeconv"])
+@pytest.mark.parametrize("model_name", ["edgeconv", "particlenet"])
 def test_batched_predictor_matches_evaluate_events(model_name):
     import jax
 
@@ -235,7 +235,12 @@ def test_batched_predictor_matches_evaluate_events(model_name):
 
     ev = random_events(70, n_node_range=(1, 5), n_features=3, n_globals=2, seed=4)
     gs = build_graphs(ev)  # includes single-node events (no edges)
-    model = make_model(model_name, hidden=8, readout_hidden=8, use_globals=True)
+    kwargs = {
+        "edgeconv": {"hidden": 8, "readout_hidden": 8},
+        # dynamic kNN (k = 3) in its second block: rows per neighbour slot, masked in small events
+        "particlenet": {"blocks": ((4, 4), (8, 8)), "k": 3, "head": 8},
+    }[model_name]
+    model = make_model(model_name, use_globals=True, **kwargs)
     params = jax.jit(model.init)(
         jax.random.key(0), gs.training_batch(np.arange(4), gs.batch_budget(4)).graphs
     )
@@ -247,6 +252,7 @@ def test_batched_predictor_matches_evaluate_events(model_name):
     assert pr._logits._cache_size() == 1  # new feature values, no recompilation
     acts = pr.activations()
     assert acts["readout_in"].shape[1] == (16 if model_name == "edgeconv" else 8)  # no globals
+    assert all(v.shape[0] == len(ev) for v in acts.values())
     # an event's activations do not depend on which events share its batch
     sub = np.array([0, 5, 33, 69])
     alone = BatchedPredictor(model, params, gs.select(sub), batch_size=3).activations()

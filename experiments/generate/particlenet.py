@@ -83,8 +83,10 @@ def ensure_jets(data: Path) -> dict:
     return json.loads((data / "generation.json").read_text())
 
 
-def interval(labels, scores, n_boot=N_BOOT, seed=0) -> dict:
-    """AUROC and 1/eps_B at eps_S = 0.3, each with a 95 % percentile bootstrap over jets."""
+def bootstrap(labels, scores, n_boot=N_BOOT, seed=0) -> dict:
+    """AUROC and 1/eps_B at eps_S = 0.3, each with a 95 % percentile bootstrap over jets, and
+    the resampled values (``"_boot"``: ``[n_boot, 2]``). The resamples depend only on ``seed``
+    and the number of jets, so two discriminants on the same jets are resampled alike (paired)."""
     eps_s = BASELINES["top_qcd"][0]
     rng = np.random.default_rng(seed)
     boots = []
@@ -98,21 +100,41 @@ def interval(labels, scores, n_boot=N_BOOT, seed=0) -> dict:
     for j, k in enumerate(("auroc", "rejection")):
         lo, hi = np.percentile(b[:, j], [2.5, 97.5])
         out[f"{k}_95"] = [float(lo), float(hi)]
+    out["_boot"] = b
     return out
 
 
 def tagger_vs_baselines(run) -> dict:
     """The run's test logits (its best epoch, ``predictions_test.npz``) and each baseline on the
-    same jets."""
+    same jets; for each baseline, the paired bootstrap's share of resamples in which the tagger
+    is better, and the 95 % interval of the AUROC difference and of the rejection ratio."""
     z = np.load(Path(run.run_dir) / "predictions_test.npz")
     test = run.data.test.events
     if not np.array_equal(z["ids"], test.ids):
         raise DataError(f"{run.run_dir}/predictions_test.npz: ids differ from the test split")
     y = test.labels.astype(np.int64)
-    rows = {"particlenet": interval(y, z["logits"])}
+    rows = {"particlenet": bootstrap(y, z["logits"])}
     for name, s in baseline_scores("top_qcd", test.physics).items():
-        rows[name] = interval(y, np.asarray(s, np.float64))
-    return {"n_test": len(y), "signal_efficiency": BASELINES["top_qcd"][0], "rows": rows}
+        rows[name] = bootstrap(y, np.asarray(s, np.float64))
+    pn = rows["particlenet"].pop("_boot")
+    paired = {}
+    for name, r in rows.items():
+        if name == "particlenet":
+            continue
+        b = r.pop("_boot")
+        d_auc, ratio = pn[:, 0] - b[:, 0], pn[:, 1] / b[:, 1]
+        paired[name] = {
+            "auroc_difference_95": np.percentile(d_auc, [2.5, 97.5]).tolist(),
+            "rejection_ratio_95": np.percentile(ratio, [2.5, 97.5]).tolist(),
+            "share_tagger_better_auroc": float(np.mean(d_auc > 0)),
+            "share_tagger_better_rejection": float(np.mean(ratio > 1)),
+        }
+    return {
+        "n_test": len(y),
+        "signal_efficiency": BASELINES["top_qcd"][0],
+        "rows": rows,
+        "particlenet_vs": paired,
+    }
 
 
 def attribution(run, out: Path) -> dict:
@@ -167,6 +189,9 @@ def explain(run, out: Path) -> dict:
         n_events=N_EXPLAIN,
         groups=GROUPS,
         seed=0,
+        # kNN in feature space costs (batch nodes)^2 per batch: 128 jets (the training batch)
+        # instead of the report's 512 keeps it a quarter per jet
+        batch_size=128,
         command=".venv/bin/python -m experiments.generate.particlenet",
     )
     return {"timing_seconds": r["timing_seconds"], "n_events": N_EXPLAIN}
@@ -199,6 +224,25 @@ def report(res: dict) -> str:
     L += [
         f"| ParticleNet, 1.2M-jet reference set (published) | {PUBLISHED['auroc']} | "
         f"{PUBLISHED['rejection']:.0f} |",
+        "",
+        "ParticleNet against each baseline, paired bootstrap (the same resampled jets for both):",
+        "",
+        "| baseline | AUROC difference [95 %] | rejection ratio [95 %] | resamples with "
+        "ParticleNet better (AUROC / rejection) |",
+        "|---|---|---|---|",
+    ]
+    for name, p in t["particlenet_vs"].items():
+        d, r = p["auroc_difference_95"], p["rejection_ratio_95"]
+        L.append(
+            f"| {name} | [{d[0]:+.4f}, {d[1]:+.4f}] | [{r[0]:.2f}, {r[1]:.2f}] | "
+            f"{p['share_tagger_better_auroc']:.3f} / {p['share_tagger_better_rejection']:.3f} |"
+        )
+    L += [
+        "",
+        "What differs from the published figure: 24,000 training jets here against 1.2M there, "
+        "30 leading constituents per jet against up to 100, particle level (no detector "
+        "smearing: mass and tau32 are sharper, so the baselines are stronger than on the "
+        "Delphes set) and ParticleNet-Lite's size (25,889 parameters) against the full model's.",
         "",
         "## TracIn self-influence of every training jet",
         "",

@@ -274,6 +274,14 @@ class BatchedPredictor:
                     a = jraph.segment_mean(a, node_gidx, n_graph)
                 elif lead == budget.n_edge:
                     a = jraph.segment_mean(a, edge_gidx, n_graph)
+                elif lead != n_graph and lead % budget.n_node == 0:
+                    a = _knn_rows_mean(a, lead // budget.n_node, graphs.n_node, node_gidx)
+                elif lead != n_graph:
+                    raise DataError(
+                        f"explain: layer {path} has {lead} rows in a batch of {n_graph} graphs, "
+                        f"{budget.n_node} nodes and {budget.n_edge} edges; only per-graph, "
+                        "per-node, per-edge and per-neighbour-slot rows can be averaged per event"
+                    )
                 out.append(a)
                 seen.append(path)
             if not names:
@@ -295,6 +303,20 @@ class BatchedPredictor:
         return {
             name: np.asarray(a)[self._mask] for name, a in zip(self._layer_names, out, strict=True)
         }
+
+
+def _knn_rows_mean(a: jax.Array, kk: int, n_node: jax.Array, node_gidx: jax.Array) -> jax.Array:
+    """Per-graph mean of the rows of a dynamic kNN edge set (:meth:`graph_ops.SegmentOps.knn`:
+    ``kk`` slots per node, node-major, a node's valid neighbours first): ``[n * kk, D] ->
+    [n_graph, D]`` over the valid slots only, so the value does not depend on the batch (a node
+    of a graph of ``m`` nodes has ``min(kk, m - 1)`` valid slots)."""
+    n_graph = n_node.shape[0]
+    size = n_node[node_gidx]  # nodes in each node's graph
+    valid = (jnp.arange(kk)[None, :] < (size - 1)[:, None]).reshape(-1).astype(a.dtype)
+    g = jnp.repeat(node_gidx, kk)
+    total = jraph.segment_sum(a * valid[:, None], g, n_graph)
+    count = jraph.segment_sum(valid, g, n_graph)
+    return total / jnp.maximum(count, 1.0)[:, None]
 
 
 def bce(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
