@@ -58,6 +58,15 @@ def jlrp(apply_fn, params, x, rule):
     return out, rel, [(k, a) for k, a in enumerate(absorbed)]
 
 
+#: Small settings of each model (particlenet: a dynamic kNN, k = 3, in its second block).
+SMALL = {
+    "edgeconv": {"hidden": 8, "readout_hidden": 8, "n_blocks": 2},
+    "interaction": {"hidden": 8, "readout_hidden": 8, "n_blocks": 2},
+    "gcn": {"hidden": 8, "readout_hidden": 8, "n_layers": 2},
+    "particlenet": {"blocks": ((4, 4), (8, 8)), "k": 3, "head": 8},
+}
+
+
 def _x(n=20, d=4, seed=0, dtype=np.float64):
     return jnp.asarray(np.random.default_rng(seed).normal(size=(n, d)), dtype)
 
@@ -110,12 +119,16 @@ def _graphs(seed=3, n_events=6):
 @pytest.mark.parametrize(
     # make test-fast keeps edgeconv and gcn; make test adds the interaction network.
     "name",
-    ["edgeconv", pytest.param("interaction", marks=pytest.mark.slow), "gcn"],
+    [
+        "edgeconv",
+        pytest.param("interaction", marks=pytest.mark.slow),
+        "gcn",
+        pytest.param("particlenet", marks=pytest.mark.slow),
+    ],
 )
 def test_gnn_bias_free_conservation_and_grad_x_input(name):
     ev, gs, batch = _graphs()
-    depth = {"gcn": {"n_layers": 2}}.get(name, {"n_blocks": 2})
-    model = make_model(name, hidden=8, readout_hidden=8, use_globals=True, **depth)
+    model = make_model(name, use_globals=True, **SMALL[name])
     with jax.enable_x64(True):
         g = jax.tree_util.tree_map(
             lambda a: jnp.asarray(a, jnp.float64) if np.issubdtype(a.dtype, np.floating) else a,
@@ -152,10 +165,12 @@ def test_gnn_bias_free_conservation_and_grad_x_input(name):
 
 
 @pytest.mark.slow  # compiles the batched LRP of a trained-size model: make test only
-def test_batched_relevance_with_biases_conserves_per_event():
+@pytest.mark.parametrize("name", ["edgeconv", "particlenet"])
+def test_batched_relevance_with_biases_conserves_per_event(name):
     ev = random_events(40, n_node_range=(1, 6), n_features=3, n_globals=2, seed=7)
     gs = build_graphs(ev)
-    model = make_model("edgeconv", hidden=8, n_blocks=1, readout_hidden=8, use_globals=True)
+    kwargs = {**SMALL[name], "n_blocks": 1} if name == "edgeconv" else SMALL[name]
+    model = make_model(name, use_globals=True, **kwargs)
     params = model.init(
         jax.random.key(2), gs.training_batch(np.arange(4), gs.batch_budget(4)).graphs
     )

@@ -167,22 +167,31 @@ def lrp(apply_fn: Callable, params, inputs, rule: Rule, weights=None):
 
 
 def _rows_to_graphs(per_row, graphs: jraph.GraphsTuple, path: str):
-    """Sums a Dense call's per-row values into its graphs (rows = nodes, edges or graphs)."""
+    """Sums a Dense call's per-row values into its graphs. Rows are nodes, edges, graphs, or
+    the neighbour slots of a dynamic kNN (:meth:`graph_ops.SegmentOps.knn`: ``kk`` slots per
+    node, node-major; a masked slot carries no gradient, so it absorbs nothing)."""
     n_graph = graphs.n_node.shape[0]
+    n_node = graphs.nodes.shape[0]
     sizes = {
-        "node": (graphs.nodes.shape[0], graphs.n_node),
+        "node": (n_node, graphs.n_node),
         "edge": (graphs.senders.shape[0], graphs.n_edge),
     }
     rows = per_row.shape[0]
     hits = [k for k, (s, _) in sizes.items() if s == rows] + (["graph"] if rows == n_graph else [])
+    if rows % n_node == 0 and rows // n_node > 1:
+        hits.append("neighbour slots")
     if len(hits) != 1:
         raise UnsupportedLayerError(
             f"LRP: layer '{path}' has {rows} input rows, which is "
             + ("none" if not hits else f"ambiguous among {hits}")
-            + f" of nodes {sizes['node'][0]}, edges {sizes['edge'][0]}, graphs {n_graph}"
+            + f" of nodes {n_node}, edges {sizes['edge'][0]}, graphs {n_graph}, or a multiple "
+            "of the nodes (neighbour slots)"
         )
     if hits[0] == "graph":
         return per_row
+    if hits[0] == "neighbour slots":
+        gidx = jnp.repeat(node_graph_index(graphs.n_node, n_node), rows // n_node)
+        return jraph.segment_sum(per_row, gidx, n_graph)
     size, counts = sizes[hits[0]]
     return jraph.segment_sum(per_row, node_graph_index(counts, size), n_graph)
 
