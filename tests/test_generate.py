@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hepattr_jax import cli
-from hepattr_jax.baselines import baseline_table
+from hepattr_jax.baselines import baseline_table, compare
 from hepattr_jax.data import generate as gen
 from hepattr_jax.data import jet_features as jf
 from hepattr_jax.data.registry import load_dataset
@@ -139,6 +139,40 @@ def test_baseline_table_directions():
         baseline_table("nope", physics, labels)
     with pytest.raises(DataError, match="n_constituents"):
         baseline_table("qg", physics, labels)
+    events = {  # the event tasks: signal-like = larger met and mt2, m_bb near 125, fewer jets
+        "met": np.where(labels == 1, 150.0, 40.0) + rng.normal(0, 10, 400),
+        "mt2": np.where(labels == 1, 80.0, 20.0) + rng.normal(0, 5, 400),
+        "m_bb": np.where(labels == 1, 125.0, 200.0) + rng.normal(0, 10, 400),
+        "n_jets": np.where(labels == 1, 2.0, 4.0),
+    }
+    for task, names in (
+        ("wh_ttbar", {"met", "m_bb_window", "n_jets"}),
+        ("susy_2l", {"met", "mt2"}),
+    ):
+        t = baseline_table(task, events, labels)
+        assert set(t) == names
+        assert all(v["auroc"] > 0.99 and v["signal_efficiency"] == 0.5 for v in t.values())
+
+
+def test_compare_pairs_a_classifier_with_the_baselines():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([1, 0], 300)
+    physics = {  # weak baselines
+        "jet_mass": np.where(labels == 1, 150.0, 100.0) + rng.normal(0, 40, 600),
+        "tau32": np.where(labels == 1, 0.6, 0.7) + rng.normal(0, 0.1, 600),
+    }
+    model = labels + rng.normal(0, 0.3, 600)  # a strong classifier
+    r = compare("top_qcd", physics, labels, model, "net", n_boot=200)
+    assert set(r["rows"]) == {"net", "jet_mass", "mass_window", "tau32"}
+    assert set(r["vs"]) == {"jet_mass", "mass_window", "tau32"}
+    for row in r["rows"].values():
+        assert row["auroc_95"][0] <= row["auroc"] <= row["auroc_95"][1]
+    for v in r["vs"].values():
+        assert v["share_better_auroc"] == 1.0 and v["auroc_difference_95"][0] > 0
+    # a baseline against itself: the paired difference is exactly 0 in every resample
+    same = compare("top_qcd", physics, labels, -physics["tau32"], "copy", n_boot=50)
+    assert same["vs"]["tau32"]["auroc_difference_95"] == [0.0, 0.0]
+    assert same["vs"]["tau32"]["share_better_auroc"] == 0.0
 
 
 # --------------------------------------------------------------------- bad input

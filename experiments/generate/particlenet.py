@@ -32,14 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hepattr_jax.baselines import BASELINES, baseline_scores
+from hepattr_jax.baselines import compare
 from hepattr_jax.config import load_config
 from hepattr_jax.data.generate import generate, load_generated
 from hepattr_jax.data.registry import class_names
 from hepattr_jax.environment import provenance
 from hepattr_jax.errors import DataError
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_text
-from hepattr_jax.metrics import auroc, background_rejection
 from hepattr_jax.plotting import removed_vs_kept
 
 HERE = Path(__file__).parent
@@ -83,58 +82,14 @@ def ensure_jets(data: Path) -> dict:
     return json.loads((data / "generation.json").read_text())
 
 
-def bootstrap(labels, scores, n_boot=N_BOOT, seed=0) -> dict:
-    """AUROC and 1/eps_B at eps_S = 0.3, each with a 95 % percentile bootstrap over jets, and
-    the resampled values (``"_boot"``: ``[n_boot, 2]``). The resamples depend only on ``seed``
-    and the number of jets, so two discriminants on the same jets are resampled alike (paired)."""
-    eps_s = BASELINES["top_qcd"][0]
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(labels), len(labels))
-        boots.append(
-            (auroc(labels[i], scores[i]), background_rejection(labels[i], scores[i], eps_s))
-        )
-    b = np.array(boots)
-    out = {"auroc": auroc(labels, scores), "rejection": background_rejection(labels, scores, eps_s)}
-    for j, k in enumerate(("auroc", "rejection")):
-        lo, hi = np.percentile(b[:, j], [2.5, 97.5])
-        out[f"{k}_95"] = [float(lo), float(hi)]
-    out["_boot"] = b
-    return out
-
-
 def tagger_vs_baselines(run) -> dict:
-    """The run's test logits (its best epoch, ``predictions_test.npz``) and each baseline on the
-    same jets; for each baseline, the paired bootstrap's share of resamples in which the tagger
-    is better, and the 95 % interval of the AUROC difference and of the rejection ratio."""
+    """The run's test logits (its best epoch, ``predictions_test.npz``) beside each baseline on
+    the same jets (:func:`hepattr_jax.baselines.compare`)."""
     z = np.load(Path(run.run_dir) / "predictions_test.npz")
     test = run.data.test.events
     if not np.array_equal(z["ids"], test.ids):
         raise DataError(f"{run.run_dir}/predictions_test.npz: ids differ from the test split")
-    y = test.labels.astype(np.int64)
-    rows = {"particlenet": bootstrap(y, z["logits"])}
-    for name, s in baseline_scores("top_qcd", test.physics).items():
-        rows[name] = bootstrap(y, np.asarray(s, np.float64))
-    pn = rows["particlenet"].pop("_boot")
-    paired = {}
-    for name, r in rows.items():
-        if name == "particlenet":
-            continue
-        b = r.pop("_boot")
-        d_auc, ratio = pn[:, 0] - b[:, 0], pn[:, 1] / b[:, 1]
-        paired[name] = {
-            "auroc_difference_95": np.percentile(d_auc, [2.5, 97.5]).tolist(),
-            "rejection_ratio_95": np.percentile(ratio, [2.5, 97.5]).tolist(),
-            "share_tagger_better_auroc": float(np.mean(d_auc > 0)),
-            "share_tagger_better_rejection": float(np.mean(ratio > 1)),
-        }
-    return {
-        "n_test": len(y),
-        "signal_efficiency": BASELINES["top_qcd"][0],
-        "rows": rows,
-        "particlenet_vs": paired,
-    }
+    return compare("top_qcd", test.physics, test.labels, z["logits"], "particlenet", N_BOOT)
 
 
 def attribution(run, out: Path) -> dict:
@@ -205,12 +160,12 @@ def report(res: dict) -> str:
         f"Command: `{res['command']}` ({res['date']}; {res['hardware']}; jax {res['jax']}). "
         f"Config `{res['config']}`; jets `hepattr generate top_qcd --n {N_JETS} --seed "
         f"{GEN_SEED}` ({res['data']['n']} jets, {res['data']['n_train']} train / "
-        f"{res['data']['n_val']} validation / {t['n_test']} test, split seed 0); one training "
+        f"{res['data']['n_val']} validation / {t['n']} test, split seed 0); one training "
         f"seed (0), {res['train']['epochs']} epochs, {res['train']['wall_seconds']:.0f} s.",
         "",
         "## The tagger against single quantities (same test jets)",
         "",
-        f"95 % percentile bootstrap over the {t['n_test']} test jets ({N_BOOT} resamples); "
+        f"95 % percentile bootstrap over the {t['n']} test jets ({N_BOOT} resamples); "
         f"background rejection 1/eps_B at eps_S = {t['signal_efficiency']}.",
         "",
         "| discriminant | AUROC [95 %] | 1/eps_B [95 %] |",
@@ -231,11 +186,11 @@ def report(res: dict) -> str:
         "ParticleNet better (AUROC / rejection) |",
         "|---|---|---|---|",
     ]
-    for name, p in t["particlenet_vs"].items():
+    for name, p in t["vs"].items():
         d, r = p["auroc_difference_95"], p["rejection_ratio_95"]
         L.append(
             f"| {name} | [{d[0]:+.4f}, {d[1]:+.4f}] | [{r[0]:.2f}, {r[1]:.2f}] | "
-            f"{p['share_tagger_better_auroc']:.3f} / {p['share_tagger_better_rejection']:.3f} |"
+            f"{p['share_better_auroc']:.3f} / {p['share_better_rejection']:.3f} |"
         )
     L += [
         "",
