@@ -1,11 +1,14 @@
 """One quality table: every attribution method on the quark/gluon jets, with the same ground truth.
 
-Command (from the repository root; ~15 min a task on a quiet 2-core CPU, resumable)::
+Command (from the repository root; resumable)::
 
-    .venv/bin/python -m experiments.attribution_quality.table [--task qg --task susy]
+    .venv/bin/python -m experiments.attribution_quality.table [--task qg --task susy ...]
 
 Tasks (:data:`TASKS`): the real quark/gluon jets and the event-level SUSY-like simulation, each
-with the GNN-IRST study's config, 2,000 training and 200 test events drawn as ``run.py`` does.
+with the GNN-IRST study's config (~15 min a task on a quiet 2-core CPU), and generated top/QCD
+jets with the ParticleNet-like model (``top_qcd.toml``; the jets are generated here when missing;
+105 min on the shared CPU at load 4-5, most of it the 128 ground-truth models); 2,000 training
+and 200 test events drawn as ``run.py`` does.
 
 Methods (train x test scores for LDS, self-influence for mislabel detection):
 
