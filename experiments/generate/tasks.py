@@ -107,7 +107,9 @@ def report(results: dict, header: dict) -> str:
             "[95 %] | resamples with the model better (AUROC / rejection) |",
             "|---|---|---|---|---|",
         ]
-        for name, row in c["rows"].items():
+        rows = c["rows"]
+        for name in [r["model"], *sorted(k for k in rows if k != r["model"])]:
+            row = rows[name]
             v = c["vs"].get(name)
             vs = (
                 f"[{v['auroc_difference_95'][0]:+.4f}, {v['auroc_difference_95'][1]:+.4f}] | "
