@@ -30,7 +30,9 @@ Beyond the input graph, the seam has three ways to get a *new* edge set over the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple, TypeAlias
 
 import jax
@@ -39,6 +41,25 @@ import jraph
 import numpy as np
 
 from hepattr_jax.errors import ConfigError
+
+_KNN_ROWS: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar(
+    "hepattr_knn_rows", default=None
+)
+
+
+@contextlib.contextmanager
+def recording_knn_rows() -> Iterator[set[int]]:
+    """Collects, while tracing a model inside the block, the row count ``n_nodes * slots`` of
+    every dynamic kNN edge set :meth:`SegmentOps.knn` builds: what tells a layer whose rows are
+    neighbour slots from one whose rows are the input graph's edges (the explain report's
+    activations and LRP need to know)."""
+    rows: set[int] = set()
+    token = _KNN_ROWS.set(rows)
+    try:
+        yield rows
+    finally:
+        _KNN_ROWS.reset(token)
+
 
 POOLINGS = ("mean", "max", "sum", "min")
 
@@ -170,6 +191,9 @@ class SegmentOps:
         gidx = self._graph_index()
         valid = (gidx[:, None] == gidx[None, :]) & ~jnp.eye(n, dtype=bool)
         nbr, mask = _top_k_neighbours(coords, valid, kk)
+        recording = _KNN_ROWS.get()
+        if recording is not None:
+            recording.add(n * kk)
         return SegmentOps(
             self.graphs,
             nbr.reshape(-1),

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from hepattr_jax.errors import ConfigError
 from hepattr_jax.explain.features import feature_names
+from hepattr_jax.graph_ops import recording_knn_rows
 from hepattr_jax.graphs import node_graph_index
 
 sg = jax.lax.stop_gradient
@@ -166,9 +167,10 @@ def lrp(apply_fn: Callable, params, inputs, rule: Rule, weights=None):
     return out, rel, absorbed
 
 
-def _rows_to_graphs(per_row, graphs: jraph.GraphsTuple, path: str):
+def _rows_to_graphs(per_row, graphs: jraph.GraphsTuple, path: str, knn_rows=frozenset()):
     """Sums a Dense call's per-row values into its graphs. Rows are nodes, edges, graphs, or
-    the neighbour slots of a dynamic kNN (:meth:`graph_ops.SegmentOps.knn`: ``kk`` slots per
+    the neighbour slots of a dynamic kNN the model built (``knn_rows``, from
+    :func:`graph_ops.recording_knn_rows`; :meth:`graph_ops.SegmentOps.knn`: ``kk`` slots per
     node, node-major; a masked slot carries no gradient, so it absorbs nothing)."""
     n_graph = graphs.n_node.shape[0]
     n_node = graphs.nodes.shape[0]
@@ -178,7 +180,7 @@ def _rows_to_graphs(per_row, graphs: jraph.GraphsTuple, path: str):
     }
     rows = per_row.shape[0]
     hits = [k for k, (s, _) in sizes.items() if s == rows] + (["graph"] if rows == n_graph else [])
-    if rows % n_node == 0 and rows // n_node > 1:
+    if rows in knn_rows:
         hits.append("neighbour slots")
     if len(hits) != 1:
         raise UnsupportedLayerError(
@@ -207,12 +209,17 @@ def graph_lrp_fn(model, rule: Rule) -> Callable:
             nodes, glob = inp
             return model.apply(p, graphs._replace(nodes=nodes, globals=glob))
 
-        out, (rn, rg), absorbed = lrp(
-            apply, params, (graphs.nodes, graphs.globals), rule, weights=valid.astype(jnp.float32)
-        )
+        with recording_knn_rows() as knn_rows:
+            out, (rn, rg), absorbed = lrp(
+                apply,
+                params,
+                (graphs.nodes, graphs.globals),
+                rule,
+                weights=valid.astype(jnp.float32),
+            )
         total = jnp.zeros(graphs.n_node.shape[0], out.dtype)
         for path, a in absorbed:
-            total = total + _rows_to_graphs(a, graphs, path)
+            total = total + _rows_to_graphs(a, graphs, path, knn_rows)
         return {"logit": out, "node": rn, "globals": rg, "absorbed": total}
 
     return fn

@@ -40,6 +40,7 @@ import numpy as np
 
 from hepattr_jax.data.events import EventSet
 from hepattr_jax.errors import DataError
+from hepattr_jax.graph_ops import recording_knn_rows
 from hepattr_jax.graphs import Budget, GraphSet, node_graph_index
 
 Predictor = Callable[[EventSet], np.ndarray]
@@ -253,7 +254,7 @@ class BatchedPredictor:
                     records.append((path, args[0], out))
                 return out
 
-            with nn.intercept_methods(interceptor):
+            with nn.intercept_methods(interceptor), recording_knn_rows() as knn_rows:
                 model.apply(params, graphs)
             n_graph = graphs.n_node.shape[0]
             node_gidx = node_graph_index(graphs.n_node, budget.n_node)
@@ -270,11 +271,18 @@ class BatchedPredictor:
                 if y.shape[-1] == 1 and lead == n_graph:
                     continue  # the logit layer
                 a = jax.nn.relu(y)
+                slots = lead in knn_rows  # a dynamic kNN's neighbour slots (node-major)
+                if slots and lead in (n_graph, budget.n_node, budget.n_edge):
+                    raise DataError(
+                        f"explain: layer {path} has {lead} rows, both a dynamic kNN's neighbour "
+                        f"slots and the batch's graphs ({n_graph}), nodes ({budget.n_node}) or "
+                        f"edges ({budget.n_edge}); its rows cannot be told apart"
+                    )
                 if lead == budget.n_node:
                     a = jraph.segment_mean(a, node_gidx, n_graph)
                 elif lead == budget.n_edge:
                     a = jraph.segment_mean(a, edge_gidx, n_graph)
-                elif lead != n_graph and lead % budget.n_node == 0:
+                elif slots:
                     a = _knn_rows_mean(a, lead // budget.n_node, graphs.n_node, node_gidx)
                 elif lead != n_graph:
                     raise DataError(
