@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from hepattr_jax.evaluation import remove_top_fraction
 from hepattr_jax.io_utils import save_figure
 
 
@@ -85,8 +86,7 @@ def removed_vs_kept(
     cut that removes its top fraction ``q`` (first row), then each physics quantity's
     distribution for the removed and the kept events (one row each, normalised)."""
     si = np.asarray(si, np.float64)
-    removed = np.zeros(len(si), bool)
-    removed[np.argsort(-si, kind="stable")[: int(round(q * len(si)))]] = True
+    removed = ~remove_top_fraction(si, q)
     names = list(quantities)
     fig, axes = subplots(len(names) + 1, 2, figsize=(8, 2.2 * (len(names) + 1)), squeeze=False)
     positive = si[si > 0]

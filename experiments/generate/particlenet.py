@@ -38,6 +38,7 @@ from hepattr_jax.data.generate import generate, load_generated
 from hepattr_jax.data.registry import class_names
 from hepattr_jax.environment import provenance
 from hepattr_jax.errors import DataError
+from hepattr_jax.evaluation import remove_top_fraction
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_text
 from hepattr_jax.plotting import removed_vs_kept
 
@@ -111,8 +112,7 @@ def attribution(run, out: Path) -> dict:
         title=f"top/QCD, ParticleNet: the top {Q:.0%} of TracIn self-influence removed vs kept",
         class_names=class_names(run.config.dataset, run.config.dataset_kwargs),
     )
-    removed = np.zeros(n, bool)
-    removed[np.argsort(-si.total, kind="stable")[: int(round(Q * n))]] = True
+    removed = ~remove_top_fraction(si.total, Q)
     y = train.labels
     summary = {
         name: {

@@ -186,8 +186,8 @@ def _rows_to_graphs(per_row, graphs: jraph.GraphsTuple, path: str, knn_rows=froz
         raise UnsupportedLayerError(
             f"LRP: layer '{path}' has {rows} input rows, which is "
             + ("none" if not hits else f"ambiguous among {hits}")
-            + f" of nodes {n_node}, edges {sizes['edge'][0]}, graphs {n_graph}, or a multiple "
-            "of the nodes (neighbour slots)"
+            + f" of nodes {n_node}, edges {sizes['edge'][0]}, graphs {n_graph} and the "
+            f"dynamic kNN slot counts {sorted(knn_rows)}"
         )
     if hits[0] == "graph":
         return per_row
