@@ -227,6 +227,23 @@ def tiny_top(tmp_path_factory):
     return out
 
 
+def test_ensure_generated_reads_back_finishes_and_refuses_another(tiny_top, tmp_path):
+    meta = gen.ensure_generated("top_qcd", 20, tiny_top, seed=7, shard_size=10)
+    assert meta["n"] == 20 and all("sha256" in sh for sh in meta["shards"])
+    want = _hashes(tiny_top)
+    for bad in (("qg", 20, 7), ("top_qcd", 40, 7), ("top_qcd", 20, 8)):
+        with pytest.raises(ConfigError, match="holds a generation"):
+            gen.ensure_generated(bad[0], bad[1], tiny_top, seed=bad[2], shard_size=10)
+    # an unfinished copy (a shard lost) is finished, to the same bytes
+    import shutil
+
+    part = tmp_path / "part"
+    shutil.copytree(tiny_top, part)
+    (part / "shard-00001.parquet").unlink()
+    gen.ensure_generated("top_qcd", 20, part, seed=7, shard_size=10)
+    assert _hashes(part) == want
+
+
 def test_top_qcd_is_deterministic_and_resumes(tiny_top, tmp_path):
     want = _hashes(tiny_top)
     assert len(want) == 2

@@ -71,10 +71,9 @@ from hepattr_jax import ekfac, evaluation, trak
 from hepattr_jax.adam import adam_gradient_map
 from hepattr_jax.config import load_config
 from hepattr_jax.cosine import cosine_gradient_map
-from hepattr_jax.data.generate import generate, load_generated
+from hepattr_jax.data.generate import ensure_generated
 from hepattr_jax.datamodels import subset_masks, train_subset_models
 from hepattr_jax.environment import provenance
-from hepattr_jax.errors import DataError
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_npz, atomic_write_text
 from hepattr_jax.per_example import layout_for
 from hepattr_jax.projection import Projector
@@ -109,15 +108,10 @@ class Task:
 
     def ensure_data(self) -> None:
         """Generates the task's jets if it has a generation and it is missing or unfinished."""
-        if self.generate is None:
-            return
-        path = Path(load_config(self.config).dataset_kwargs["path"])
-        try:
-            load_generated(path)
-        except DataError as e:
+        if self.generate is not None:
             process, n, seed = self.generate
-            print(f"{self.name}: generating its jets ({e})", flush=True)
-            generate(process, n, path, seed=seed, workers=os.cpu_count() or 1)
+            path = load_config(self.config).dataset_kwargs["path"]
+            ensure_generated(process, n, path, seed=seed, workers=os.cpu_count() or 1)
 
     def paths(self, out: Path) -> tuple[Path, Path, Path]:
         """``(runs dir, first-draw file, this task's cache dir)``."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from hepattr_jax.baselines import compare
 from hepattr_jax.config import load_config
-from hepattr_jax.data.generate import generate, load_generated
+from hepattr_jax.data.generate import ensure_generated
 from hepattr_jax.environment import provenance
 from hepattr_jax.errors import DataError
 from hepattr_jax.io_utils import atomic_write_json, atomic_write_text
@@ -52,11 +52,7 @@ def run_task(task: str, data_root: Path, runs: Path, out: Path, n: int = N) -> d
     config_path, what = TASKS[task]
     data = data_root / f"{task}_{n // 1000}k" if n % 1000 == 0 else data_root / f"{task}_{n}"
     t0 = time.perf_counter()
-    try:
-        load_generated(data)
-    except DataError as e:
-        print(f"{task}: generating into {data} ({e})", flush=True)
-        generate(task, n, data, seed=SEED, workers=os.cpu_count() or 1)
+    ensure_generated(task, n, data, seed=SEED, workers=os.cpu_count() or 1)
     gen_seconds = time.perf_counter() - t0
     config = load_config(config_path)
     config = config.replace(dataset_kwargs={**config.dataset_kwargs, "path": str(data)})

@@ -1003,6 +1003,33 @@ def _ratio(stats: dict) -> float:
 
 
 # --------------------------------------------------------------------- reading back
+def ensure_generated(
+    process: str, n: int, out: str | Path, seed: int = 0, workers: int = 1, shard_size: int = 1000
+) -> dict:
+    """The metadata of the finished generation of ``n`` of ``process`` with ``seed`` in ``out``:
+    read back when every shard is there (:func:`load_generated` checks their hashes when it
+    reads them), else made or finished by :func:`generate` (resumable; it needs the extra).
+
+    Raises ConfigError when ``out`` holds a generation of another process, size or seed.
+    """
+    out = Path(out)
+    try:
+        meta = json.loads((out / META_NAME).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        meta = None  # none yet, or a crash mid-write: generate() starts or resumes it
+    if meta is not None:
+        held = (meta.get("process", {}).get("name"), meta.get("n"), meta.get("seed"))
+        if held != (process, n, seed):
+            raise ConfigError(
+                f"{out}: holds a generation of (process, n, seed) = {held}, not "
+                f"{(process, n, seed)}; use another directory"
+            )
+        shards = meta.get("shards") or []
+        if shards and all("sha256" in sh and (out / sh["file"]).is_file() for sh in shards):
+            return meta
+    return generate(process, n, out, seed=seed, workers=workers, shard_size=shard_size)
+
+
 def load_generated(
     path: str | Path, max_events: int | None = None, max_constituents: int | None = None
 ) -> EventSet:
