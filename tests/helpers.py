@@ -70,3 +70,16 @@ def snapshot(directory: str | Path) -> dict[str, tuple[bytes, int]]:
 def is_root() -> bool:
     """Root ignores file permissions, so chmod-based read-only tests cannot fail for it."""
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def init_params(model, graph, seeds=(0,), dtype=None) -> list:
+    """``model.init(jax.random.key(s), graph)`` for each seed under one ``jax.jit`` (the same
+    parameters; eager init compiles every operation on its own, seconds for the jet models),
+    each leaf cast to ``dtype`` when given."""
+    import jax
+
+    init = jax.jit(model.init)
+    out = [init(jax.random.key(s), graph) for s in seeds]
+    if dtype is not None:
+        out = [jax.tree_util.tree_map(lambda x: x.astype(dtype), p) for p in out]
+    return out

@@ -19,6 +19,7 @@ from hepattr_jax.models import make_model
 from hepattr_jax.per_example import layout_for
 from hepattr_jax.projection import KroneckerProjector, Projector, dense_projection_matrix
 from hepattr_jax.train import ADAM_B1, ADAM_B2, ADAM_EPS, adam_second_moment
+from tests.helpers import init_params
 
 LRS = [1e-3, 4e-4]
 
@@ -29,13 +30,10 @@ def _setup(seed=0, dtype=jnp.float64):
     model = make_model("edgeconv", use_globals=True)
     budget = gs.single_budget()
     ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.arange(1), budget))
-    params, moments = [], []
+    params = init_params(model, ex.graphs, [seed + k for k in range(len(LRS))], dtype)
+    moments = []
     rng = np.random.default_rng(seed)
-    for k in range(len(LRS)):
-        p = jax.tree_util.tree_map(
-            lambda x: x.astype(dtype), model.init(jax.random.key(seed + k), ex.graphs)
-        )
-        params.append(p)
+    for p in params:
         # second moments spanning the scales a trained net has (1e-12 .. 1e-2)
         moments.append(jax.tree_util.tree_map(lambda x: 10.0 ** rng.uniform(-12, -2, x.shape), p))
     ckpts = tracin.Checkpoints.from_list(params, LRS, second_moments=moments)

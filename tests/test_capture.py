@@ -28,6 +28,7 @@ from hepattr_jax.graphs import build_graphs
 from hepattr_jax.models import make_model
 from hepattr_jax.per_example import GraphLayout, NeighbourLayout, graph_level_layers
 from hepattr_jax.projection import KroneckerProjector, allocate, kronecker_projection_matrix
+from tests.helpers import init_params
 
 # Tiny settings; knn k = 3 so that events with fewer than k + 1 nodes occur.
 MODELS = {
@@ -48,6 +49,12 @@ def _rel_err(got, want) -> float:
     num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(ga, wa, strict=True))
     den = sum(float(jnp.sum(b**2)) for b in wa)
     return float(np.sqrt(num / den))
+
+
+def _flat_grads(fn, params, data):
+    """``[slots, P]`` flat ``jax.grad(fn)`` of each slot of a chunk, one event at a time under
+    ``vmap`` (jitted: eager mode would compile each operation of the model on its own)."""
+    return jax.jit(jax.vmap(lambda e: ravel_pytree(jax.grad(fn)(params, e))[0]))(data)
 
 
 def _first_chunk(layout, gs):
@@ -101,8 +108,8 @@ def test_capture_rebuilds_the_per_event_gradient_float64(name):
         model = make_model(name, use_globals=True, **kwargs)
         layout = NeighbourLayout(model, max_buckets=1)
         data = _first_chunk(layout, gs)
-        params = model.init(jax.random.key(0), jax.tree_util.tree_map(lambda x: x[0], data.graph))
-        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
+        g0 = jax.tree_util.tree_map(lambda x: x[0], data.graph)
+        (params,) = init_params(model, g0, (0,), jnp.float64)
         spec = _compare(layout, params, data, norms=name in ("edgeconv", "interaction"))
     # Every Dense kernel is covered by a site; only non-Dense parameters remain.
     rest = {"/".join(p[1:]) for p in spec.rest}
@@ -139,8 +146,7 @@ def test_capture_of_a_users_graphs_tuple_module_float64():
         layout = GraphLayout(model, max_buckets=1)
         data = _first_chunk(layout, gs)
         ex0 = jax.tree_util.tree_map(lambda x: x[0], data)
-        params = model.init(jax.random.key(1), ex0.graphs)
-        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
+        (params,) = init_params(model, ex0.graphs, (1,), jnp.float64)
         spec = _compare(layout, params, data)
     shared = [layer for layer in spec.layers if layer.kernel[-2] == "shared"]
     assert len(shared) == 1 and len(shared[0].sites) == 2
@@ -180,7 +186,7 @@ def test_layer_plan_prefers_ghost_norms_for_few_rows():
     layout = NeighbourLayout(model, max_buckets=1)
     data = _first_chunk(layout, gs)
     ex0 = jax.tree_util.tree_map(lambda x: x[0], data)
-    params = model.init(jax.random.key(0), ex0.graph)
+    (params,) = init_params(model, ex0.graph)
     plan = {c.kernel[-2]: c for c in layer_plan(discover(layout.loss_one, params, ex0))}
     assert plan["readout_0"].ghost and plan["readout_0"].rows == 1  # one pooled row
     assert not plan["edge0_1"].ghost  # 144 edge rows of width 16: the product is cheaper
@@ -227,8 +233,8 @@ def test_kronecker_features_equal_the_dense_matrix_form_float64(name, proj_dim):
             layout = NeighbourLayout(model, max_buckets=1)
         data = _first_chunk(layout, gs)
         ex0 = jax.tree_util.tree_map(lambda x: x[0], data)
-        params = model.init(jax.random.key(2), ex0.graphs if name == "users" else ex0.graph)
-        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
+        g0 = ex0.graphs if name == "users" else ex0.graph
+        (params,) = init_params(model, g0, (2,), jnp.float64)
         fn = layout.margin_one
         spec = discover(fn, params, ex0)
         graph_level = graph_level_layers(layout, fn, params, ex0)
@@ -252,8 +258,7 @@ def test_kronecker_features_equal_the_dense_matrix_form_float64(name, proj_dim):
 
         got = np.asarray(features(params, data))
         r = kronecker_projection_matrix(proj, spec, params, graph_level)
-        flat = jax.vmap(lambda e: ravel_pytree(jax.grad(fn)(params, e))[0])(data)
-        want = np.asarray(flat @ r)
+        want = np.asarray(_flat_grads(fn, params, data) @ r)
     assert got.shape == (len(SIZES), proj_dim)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
@@ -269,9 +274,9 @@ def test_kronecker_inner_products_are_unbiased():
     layout = NeighbourLayout(model, max_buckets=1)
     data = _first_chunk(layout, gs)
     ex0 = jax.tree_util.tree_map(lambda x: x[0], data)
-    params = model.init(jax.random.key(0), ex0.graph)
+    (params,) = init_params(model, ex0.graph)
     spec = discover(layout.margin_one, params, ex0)
-    flat = jax.vmap(lambda e: ravel_pytree(jax.grad(layout.margin_one)(params, e))[0])(data)
+    flat = _flat_grads(layout.margin_one, params, data)
     exact = float(flat[0] @ flat[1])
     est = []
     for seed in range(50):
@@ -295,8 +300,7 @@ def test_layer_energy_is_the_mean_squared_gradient_norm_per_layer():
         layout = NeighbourLayout(model, max_buckets=1)
         data = _first_chunk(layout, gs)
         ex0 = jax.tree_util.tree_map(lambda x: x[0], data.graph)
-        params = [model.init(jax.random.key(k), ex0) for k in range(2)]
-        params = [jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), p) for p in params]
+        params = init_params(model, ex0, range(2), jnp.float64)
         ckpts = tracin.Checkpoints.from_list(params, [1.0, 1.0])
         got = tracin.layer_energy(layout, ckpts, gs, n_events=4, chunk_size=3)
         want = np.zeros_like(got)

@@ -11,6 +11,7 @@ from hepattr_jax.data.synthetic import random_events
 from hepattr_jax.graphs import build_graphs
 from hepattr_jax.models import make_model
 from hepattr_jax.per_example import layout_for
+from tests.helpers import init_params
 
 LRS = [1e-3, 4e-4]
 
@@ -35,12 +36,7 @@ def test_cosine_matrix_top_k_and_self_influence_equal_numpy_float64():
         ex = jax.tree_util.tree_map(
             lambda x: x[0], train.example_stack(np.arange(1), train.single_budget())
         )
-        params = [
-            jax.tree_util.tree_map(
-                lambda x: x.astype(jnp.float64), model.init(jax.random.key(k), ex.graphs)
-            )
-            for k in range(len(LRS))
-        ]
+        params = init_params(model, ex.graphs, range(len(LRS)), jnp.float64)
         ckpts = tracin.Checkpoints.from_list(params, LRS)
         layout = layout_for(model, train)
         gm = cosine_gradient_map()

@@ -19,6 +19,7 @@ from hepattr_jax.graphs import build_graphs, knn_edges
 from hepattr_jax.losses import mean_loss
 from hepattr_jax.models import make_model
 from hepattr_jax.per_example import NeighbourLayout, layout_for, neighbour_stack
+from tests.helpers import init_params
 
 TINY = {
     "particlenet": dict(blocks=((8, 8), (8, 8)), k=3, head=8),
@@ -114,12 +115,7 @@ def test_self_influence_float64_equals_single_event_reference(name):
         ex = jax.tree_util.tree_map(
             lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget())
         )
-        params = [
-            jax.tree_util.tree_map(
-                lambda x: x.astype(jnp.float64), model.init(jax.random.key(k), ex.graphs)
-            )
-            for k in range(2)
-        ]
+        params = init_params(model, ex.graphs, range(2), jnp.float64)
         ckpts = tracin.Checkpoints.from_list(params, [1e-3, 5e-4])
         ref = tracin.self_influence_reference(model.apply, ckpts, gs)
         layout = NeighbourLayout(model, max_buckets=2)  # layout_for's layout, fewer compilations

@@ -19,6 +19,7 @@ from hepattr_jax.kfac import LayerStatistics, layer_statistics
 from hepattr_jax.models import make_model
 from hepattr_jax.per_example import GraphLayout, NeighbourLayout
 from hepattr_jax.tracin import Checkpoints
+from tests.helpers import init_params
 
 SIZES = np.array([1, 2, 5, 9, 3, 1, 4])
 RTOL = 1e-9
@@ -81,12 +82,7 @@ def test_statistics_equal_the_brute_force_per_graph_sums_float64(fisher):
         model = MeanPoolMLP()
         g0 = next(iter(GraphLayout(model).chunks(gs, 1))).data.graphs
         g0 = jax.tree_util.tree_map(lambda x: x[0], g0)
-        plist = [
-            jax.tree_util.tree_map(
-                lambda x: x.astype(jnp.float64), model.init(jax.random.key(s), g0)
-            )
-            for s in (0, 1)
-        ]
+        plist = init_params(model, g0, (0, 1), jnp.float64)
         ck = Checkpoints.from_list(plist, [1.0, 0.5])
         for layout, chunk in [
             (GraphLayout(model, max_buckets=1), 8),
@@ -131,8 +127,8 @@ MODEL_CASES = [pytest.param(m, marks=pytest.mark.slow) for m in sorted(MODELS)]
 @pytest.mark.parametrize("name", MODEL_CASES)
 def test_statistics_do_not_depend_on_the_padding_float64(name):
     """Built-in models on kNN (ParT: fully connected) graphs, events of one node and no edges
-    included. One bucket (every event padded to the largest) and a 3-bucket plan with other
-    chunk sizes give the same statistics; every factor is symmetric positive
+    included. One bucket (every event padded to the largest) and a 2-bucket plan with another
+    chunk size give the same statistics; every factor is symmetric positive
     semi-definite. EdgeConv in detail: its first edge layer has two sites per event (receiver
     rows through nn.Dense, sender rows through kernel_rows); a layer's rows are at most the
     event's (padding never enters); after pooling (one row per event) expand and reduce
@@ -143,14 +139,13 @@ def test_statistics_do_not_depend_on_the_padding_float64(name):
         gs = build_graphs(ev, graph)
         model = make_model(name, use_globals=True, **kwargs)
         data = next(iter(NeighbourLayout(model).chunks(gs, 1))).data
-        params = model.init(jax.random.key(0), jax.tree_util.tree_map(lambda x: x[0], data.graph))
-        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
-        ck = Checkpoints.from_list([params], [1.0])
+        g0 = jax.tree_util.tree_map(lambda x: x[0], data.graph)
+        ck = Checkpoints.from_list(init_params(model, g0, (0,), jnp.float64), [1.0])
         one = layer_statistics(
             NeighbourLayout(model, max_buckets=1), ck, gs, chunk_size=7, progress=False
         )
-        many = NeighbourLayout(model, max_buckets=3, bucket_overhead=0.0)
-        assert len(many.plan(gs).buckets) == 3
+        many = NeighbourLayout(model, max_buckets=2, bucket_overhead=0.0)
+        assert len(many.plan(gs).buckets) == 2
         many = layer_statistics(many, ck, gs, chunk_size=2, progress=False)
     for field in ("a_expand", "s_expand", "a_reduce", "s_reduce", "rest_diag"):
         for a, b in zip(getattr(one, field), getattr(many, field), strict=True):
@@ -186,9 +181,8 @@ def test_statistics_of_a_users_module_with_edge_rows_do_not_depend_on_the_paddin
         gs = build_graphs(ev, "knn:3")
         model = UsersOwnGNN()
         g0 = next(iter(GraphLayout(model).chunks(gs, 1))).data.graphs
-        params = model.init(jax.random.key(1), jax.tree_util.tree_map(lambda x: x[0], g0))
-        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
-        ck = Checkpoints.from_list([params], [1.0])
+        g0 = jax.tree_util.tree_map(lambda x: x[0], g0)
+        ck = Checkpoints.from_list(init_params(model, g0, (1,), jnp.float64), [1.0])
         one = layer_statistics(
             GraphLayout(model, max_buckets=1), ck, gs, chunk_size=7, progress=False
         )
@@ -221,8 +215,9 @@ def test_chunk_moments_equal_the_sum_of_per_event_moments_float64():
         model = make_model("edgeconv", hidden=6, n_blocks=1, readout_hidden=5, use_globals=True)
         layout = NeighbourLayout(model, max_buckets=1)
         data = next(iter(layout.chunks(gs, 8))).data  # 7 events and a filler slot
-        params = model.init(jax.random.key(0), jax.tree_util.tree_map(lambda x: x[0], data.graph))
-        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
+        (params,) = init_params(
+            model, jax.tree_util.tree_map(lambda x: x[0], data.graph), (0,), jnp.float64
+        )
         c = jnp.linspace(0.1, 0.3, 8)
         weight = jnp.asarray(np.arange(8) < 7, jnp.float64)
 

@@ -13,6 +13,7 @@ from hepattr_jax.projection import (
     project_batch,
     project_tree,
 )
+from tests.helpers import init_params
 
 TREE = {
     "a": {"kernel": jnp.arange(7 * 5, dtype=jnp.float32).reshape(7, 5) / 10, "bias": jnp.ones(5)},
@@ -155,10 +156,7 @@ def _small_run(dtype):
     gs = build_graphs(random_events(12, n_nodes=np.array([1, 5] * 6), seed=4))  # 2 buckets
     model = make_model("edgeconv", hidden=16, readout_hidden=8)
     ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget()))
-    params = [
-        jax.tree_util.tree_map(lambda x: x.astype(dtype), model.init(jax.random.key(k), ex.graphs))
-        for k in range(2)
-    ]
+    params = init_params(model, ex.graphs, range(2), dtype)
     return gs, model, tracin.Checkpoints.from_list(params, [1e-3, 5e-4])
 
 

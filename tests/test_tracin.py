@@ -27,6 +27,7 @@ from hepattr_jax.per_example import (
     layout_for,
     self_influence_kernel,
 )
+from tests.helpers import init_params
 
 # Node counts 1..12, single-node (edgeless) events included, twice over.
 SIZES = np.concatenate([np.arange(1, 13), np.arange(1, 13), [1, 2, 7, 12]])
@@ -44,12 +45,7 @@ def _setup(
     gs = build_graphs(ev, edges)
     model = make_model(model_name, use_globals=use_globals)
     ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget()))
-    params = [
-        jax.tree_util.tree_map(
-            lambda x: x.astype(dtype), model.init(jax.random.key(seed + k), ex.graphs)
-        )
-        for k in range(n_ckpt)
-    ]
+    params = init_params(model, ex.graphs, [seed + k for k in range(n_ckpt)], dtype)
     ckpts = tracin.Checkpoints.from_list(params, [1e-3, 5e-4, 2.5e-4][:n_ckpt])
     return gs, model, ckpts
 
@@ -220,7 +216,7 @@ def test_float32_against_reference_bounded_for_every_event_off_a_relu_kink():
     gs = build_graphs(ev)
     model = make_model("edgeconv")
     ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget()))
-    params = [model.init(jax.random.key(k), ex.graphs) for k in range(2)]
+    params = init_params(model, ex.graphs, range(2))
     ckpts = tracin.Checkpoints.from_list(params, [1e-3, 1e-3])
     ref = tracin.self_influence_reference(model.apply, ckpts, gs)
     fast = tracin.self_influence(layout_for(model, gs), ckpts, gs, chunk_size=64, progress=False)
@@ -300,12 +296,7 @@ def test_a_users_own_module_gets_exact_fast_kernels(module, layout_type):
         ex = jax.tree_util.tree_map(
             lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget())
         )
-        params = [
-            jax.tree_util.tree_map(
-                lambda x: x.astype(jnp.float64), model.init(jax.random.key(k), ex.graphs)
-            )
-            for k in range(2)
-        ]
+        params = init_params(model, ex.graphs, range(2), jnp.float64)
         ckpts = tracin.Checkpoints.from_list(params, [1e-3, 5e-4])
         layout = layout_for(model, gs)
         assert isinstance(layout, layout_type)

@@ -10,6 +10,7 @@ from jax.flatten_util import ravel_pytree
 from hepattr_jax import trak
 from hepattr_jax.errors import ConfigError
 from hepattr_jax.projection import Projector, dense_projection_matrix
+from tests.helpers import init_params
 
 
 def _random_features(e=2, n=13, m=5, d=4, seed=0):
@@ -65,10 +66,7 @@ def _small_run(dtype, model_name="edgeconv"):
     kw = {"hidden": 16, "readout_hidden": 8} if model_name == "edgeconv" else {"hidden": 8}
     model = make_model(model_name, **kw)
     ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget()))
-    params = [
-        jax.tree_util.tree_map(lambda x: x.astype(dtype), model.init(jax.random.key(k), ex.graphs))
-        for k in range(2)
-    ]
+    params = init_params(model, ex.graphs, range(2), dtype)
     return gs, model, tracin.Checkpoints.from_list(params, [1e-3, 5e-4])
 
 
