@@ -83,3 +83,13 @@ def init_params(model, graph, seeds=(0,), dtype=None) -> list:
     if dtype is not None:
         out = [jax.tree_util.tree_map(lambda x: x.astype(dtype), p) for p in out]
     return out
+
+
+#: Narrow settings of the built-in models for float64 exactness tests: the same code paths as
+#: the defaults (residual blocks chained, factorised first edge layers, globals), a third less
+#: to compile and far less float64 arithmetic.
+SMALL_MODEL = {
+    "edgeconv": {"hidden": 16, "n_blocks": 2, "readout_hidden": 16},
+    "interaction": {"hidden": 16, "readout_hidden": 16},
+    "gcn": {"hidden": 16, "n_layers": 2, "readout_hidden": 16},
+}

@@ -19,7 +19,7 @@ from hepattr_jax.models import make_model
 from hepattr_jax.per_example import layout_for
 from hepattr_jax.projection import KroneckerProjector, Projector, dense_projection_matrix
 from hepattr_jax.train import ADAM_B1, ADAM_B2, ADAM_EPS, adam_second_moment
-from tests.helpers import init_params
+from tests.helpers import SMALL_MODEL, init_params
 
 LRS = [1e-3, 4e-4]
 
@@ -27,7 +27,7 @@ LRS = [1e-3, 4e-4]
 def _setup(seed=0, dtype=jnp.float64):
     ev = random_events(14, n_nodes=np.r_[1:8, 1:8], seed=seed, n_globals=2)
     gs = build_graphs(ev, "fully_connected")
-    model = make_model("edgeconv", use_globals=True)
+    model = make_model("edgeconv", use_globals=True, **SMALL_MODEL["edgeconv"])
     budget = gs.single_budget()
     ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.arange(1), budget))
     params = init_params(model, ex.graphs, [seed + k for k in range(len(LRS))], dtype)

@@ -11,7 +11,7 @@ from hepattr_jax.data.synthetic import random_events
 from hepattr_jax.graphs import build_graphs
 from hepattr_jax.models import make_model
 from hepattr_jax.per_example import layout_for
-from tests.helpers import init_params
+from tests.helpers import SMALL_MODEL, init_params
 
 LRS = [1e-3, 4e-4]
 
@@ -32,7 +32,7 @@ def test_cosine_matrix_top_k_and_self_influence_equal_numpy_float64():
     with jax.enable_x64(True):
         train = build_graphs(random_events(11, n_nodes=np.r_[1:12], seed=1, n_globals=2))
         test = build_graphs(random_events(4, n_nodes=[2, 5, 1, 9], seed=2, n_globals=2))
-        model = make_model("edgeconv", use_globals=True)
+        model = make_model("edgeconv", use_globals=True, **SMALL_MODEL["edgeconv"])
         ex = jax.tree_util.tree_map(
             lambda x: x[0], train.example_stack(np.arange(1), train.single_budget())
         )

@@ -27,7 +27,7 @@ from hepattr_jax.per_example import (
     layout_for,
     self_influence_kernel,
 )
-from tests.helpers import init_params
+from tests.helpers import SMALL_MODEL, init_params
 
 # Node counts 1..12, single-node (edgeless) events included, twice over.
 SIZES = np.concatenate([np.arange(1, 13), np.arange(1, 13), [1, 2, 7, 12]])
@@ -43,7 +43,7 @@ def _setup(
 ):
     ev = random_events(len(SIZES), n_nodes=SIZES, seed=seed, n_globals=2)
     gs = build_graphs(ev, edges)
-    model = make_model(model_name, use_globals=use_globals)
+    model = make_model(model_name, use_globals=use_globals, **SMALL_MODEL[model_name])
     ex = jax.tree_util.tree_map(lambda x: x[0], gs.example_stack(np.arange(1), gs.single_budget()))
     params = init_params(model, ex.graphs, [seed + k for k in range(n_ckpt)], dtype)
     ckpts = tracin.Checkpoints.from_list(params, [1e-3, 5e-4, 2.5e-4][:n_ckpt])
