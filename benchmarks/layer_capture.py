@@ -78,8 +78,19 @@ SETTINGS = {
         10,
         2048,
     ),
+    # All 16 test events of quick-edgeconv in the quality matrix: the exact matrix is then the
+    # one tracin_throughput's quick preset compiles (the same kernels, one compilation).
     "quick": Settings(
-        ("quick-edgeconv",), "edgeconv", 2, 16, 16, {"quick-edgeconv": 1}, 8, 3, 256, ghost_layers=2
+        ("quick-edgeconv",),
+        "edgeconv",
+        2,
+        16,
+        16,
+        {"quick-edgeconv": 1},
+        16,
+        3,
+        256,
+        ghost_layers=2,
     ),
 }
 
