@@ -26,7 +26,9 @@ no checkpoint precedes it, :class:`~hepattr_jax.errors.ConfigError` says so.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -180,8 +182,17 @@ def make_steps(apply_fn: Callable, tx: optax.GradientTransformation):
     """Jitted ``train_step(state, batch) -> (state, loss)`` and ``eval_step(params, batch)``.
 
     ``state`` is ``{"params", "opt_state", "step"}``; each compiles once per padding budget.
+    The same (hashable) ``apply_fn`` and ``tx`` objects get the same jitted functions back, so
+    a retraining with them (:func:`train` reuses its model and optimiser per config) neither
+    traces nor compiles its steps again.
     """
+    try:
+        return _cached_steps(apply_fn, tx)
+    except TypeError:  # unhashable (a model with list-valued fields): fresh jitted functions
+        return _steps(apply_fn, tx)
 
+
+def _steps(apply_fn: Callable, tx: optax.GradientTransformation):
     @jax.jit
     def train_step(state, batch: Batch):
         loss, grads = jax.value_and_grad(partial(mean_loss, apply_fn))(state["params"], batch)
@@ -190,6 +201,9 @@ def make_steps(apply_fn: Callable, tx: optax.GradientTransformation):
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
 
     return train_step, make_eval_step(apply_fn)
+
+
+_cached_steps = functools.lru_cache(maxsize=8)(_steps)
 
 
 def make_eval_step(apply_fn: Callable):
@@ -223,8 +237,41 @@ def predict(eval_step, params, gs: GraphSet, batch_size: int, budget: Budget):
 def init_state(config: TrainConfig, model, tx, example: Batch):
     """Fresh ``{"params", "opt_state", "step"}`` (``model.init`` jitted: one compile instead of
     ~100 small eager ones, seconds per process)."""
-    params = jax.jit(model.init)(jax.random.key(config.seed), example.graphs)
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    try:
+        init = _jitted_init(model)
+    except TypeError:  # unhashable model
+        init = jax.jit(model.init)
+    params = init(jax.random.key(config.seed), example.graphs)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    # Committed to its device, as restored checkpoints are: the jitted steps then see one kind
+    # of array and compile once, not again for the restored best epoch (or a resumed run).
+    return jax.device_put(state, jax.tree_util.tree_leaves(params)[0].sharding)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model):
+    return jax.jit(model.init)
+
+
+#: Model, schedule and optimiser of recent trainings by (config, steps per epoch): a retraining
+#: with the same settings (a study's removal rules, its mislabel runs) gets the same objects,
+#: so :func:`make_steps` and :func:`init_state` hand back the functions already traced and
+#: compiled for them (seconds per retraining on a CPU). Nothing in them depends on the data.
+_TRAINING_OBJECTS: dict[tuple[str, int], tuple] = {}
+
+
+def _model_and_optimizer(config: TrainConfig, steps_per_epoch: int):
+    key = (json.dumps(config.to_dict(), sort_keys=True), steps_per_epoch)
+    if key not in _TRAINING_OBJECTS:
+        if len(_TRAINING_OBJECTS) >= 8:
+            _TRAINING_OBJECTS.pop(next(iter(_TRAINING_OBJECTS)))
+        schedule = make_schedule(config, steps_per_epoch)
+        _TRAINING_OBJECTS[key] = (
+            model_from_config(config),
+            schedule,
+            make_optimizer(config, schedule),
+        )
+    return _TRAINING_OBJECTS[key]
 
 
 def model_from_config(config: TrainConfig):
@@ -275,9 +322,7 @@ def train(
         check_split(name, getattr(data, name).events.labels, source, config.split)
     budget = data.train.batch_budget(config.batch_size)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
-    schedule = make_schedule(config, steps_per_epoch)
-    tx = make_optimizer(config, schedule)
-    model = model_from_config(config)
+    model, schedule, tx = _model_and_optimizer(config, steps_per_epoch)
     train_step, eval_step = make_steps(model.apply, tx)
 
     example = data.train.training_batch(np.arange(min(len(data.train), config.batch_size)), budget)
