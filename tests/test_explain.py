@@ -241,8 +241,14 @@ def test_batched_predictor_matches_evaluate_events(model_name):
         "particlenet": {"blocks": ((4, 4), (8, 8)), "k": 3, "head": 8},
     }[model_name]
     model = make_model(model_name, use_globals=True, **kwargs)
-    params = jax.jit(model.init)(
-        jax.random.key(0), gs.training_batch(np.arange(4), gs.batch_budget(4)).graphs
+    # Any parameters do (the check is predictor == evaluate_events): drawn in NumPy, LeCun-normal
+    # kernels and nonzero biases, instead of compiling flax's init (seconds on a CPU).
+    shapes = jax.eval_shape(
+        model.init, jax.random.key(0), gs.training_batch(np.arange(4), gs.batch_budget(4)).graphs
+    )
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(
+        lambda s: (rng.normal(size=s.shape) / np.sqrt(s.shape[0])).astype(np.float32), shapes
     )
     want, _ = evaluate_events(model.apply, params, gs, batch_size=16)
     pr = BatchedPredictor(model, params, gs, batch_size=16)  # 5 batches, last one partial

@@ -67,6 +67,22 @@ SMALL = {
 }
 
 
+def numpy_params(model, *args, seed=0, bias_scale=0.0, dtype=np.float64):
+    """Parameters of a model of ``nn.Dense`` layers drawn in NumPy: LeCun-normal kernels (the
+    scale of flax's default), biases ``bias_scale`` times a standard normal. Every check here
+    holds for any parameters; NumPy draws compile nothing, where flax's eager ``init`` compiles
+    each initialiser per shape (seconds per model on a CPU)."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        if "bias" in jax.tree_util.keystr(path):
+            return (bias_scale * rng.normal(size=leaf.shape)).astype(dtype)
+        return (rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[0])).astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 def _x(n=20, d=4, seed=0, dtype=np.float64):
     return jnp.asarray(np.random.default_rng(seed).normal(size=(n, d)), dtype)
 
@@ -94,12 +110,10 @@ def test_bias_free_relu_mlp_conservation_gamma0_and_grad_x_input():
     with jax.enable_x64(True):
         x = _x(n=50, d=4, seed=1)
         model = MLP(use_bias=False)
-        params = jax.tree_util.tree_map(
-            lambda p: p.astype(jnp.float64), model.init(jax.random.key(1), x)
-        )
+        params = numpy_params(model, x, seed=1)
         out, r0, _ = jlrp(model.apply, params, x, make_rule("epsilon", eps=0.0))
         np.testing.assert_allclose(r0.sum(1), out, rtol=0, atol=1e-6)
-        g = jax.grad(lambda v: model.apply(params, v).sum())(x)
+        g = jax.jit(jax.grad(lambda v: model.apply(params, v).sum()))(x)
         np.testing.assert_allclose(r0, x * g, rtol=0, atol=1e-12)
         _, r_tiny, _ = jlrp(model.apply, params, x, make_rule("epsilon", eps=1e-12))
         _, r_g0, _ = jlrp(model.apply, params, x, make_rule("gamma", gamma=0.0, eps=0.0))
@@ -131,18 +145,10 @@ def test_gnn_bias_free_conservation_and_grad_x_input(name):
     model = make_model(name, use_globals=True, **SMALL[name])
     with jax.enable_x64(True):
         g = jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, jnp.float64) if np.issubdtype(a.dtype, np.floating) else a,
+            lambda a: np.asarray(a, np.float64) if np.issubdtype(a.dtype, np.floating) else a,
             batch.graphs,
         )
-        params = model.init(jax.random.key(0), g)
-        params = jax.tree_util.tree_map_with_path(
-            lambda path, p: (
-                jnp.zeros_like(p, jnp.float64)
-                if "bias" in jax.tree_util.keystr(path)
-                else p.astype(jnp.float64)
-            ),
-            params,
-        )
+        params = numpy_params(model, g)  # float64, biases zero
         valid = jnp.asarray(batch.graph_mask)
         rule = make_rule("epsilon", eps=0.0)
         out = jax.jit(graph_lrp_fn(model, rule))(params, g, valid)
@@ -171,16 +177,8 @@ def test_batched_relevance_with_biases_conserves_per_event(name):
     gs = build_graphs(ev)
     kwargs = {**SMALL[name], "n_blocks": 1} if name == "edgeconv" else SMALL[name]
     model = make_model(name, use_globals=True, **kwargs)
-    params = model.init(
-        jax.random.key(2), gs.training_batch(np.arange(4), gs.batch_budget(4)).graphs
-    )
-    rng = np.random.default_rng(0)  # flax initialises biases at 0: give them values
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, p: (
-            p + 0.3 * rng.normal(size=p.shape) if "bias" in jax.tree_util.keystr(path) else p
-        ),
-        params,
-    )
+    example = gs.training_batch(np.arange(4), gs.batch_budget(4)).graphs
+    params = numpy_params(model, example, seed=2, bias_scale=0.3, dtype=np.float32)  # biases
     pr = BatchedPredictor(model, params, gs, batch_size=16)
     for rule in (make_rule("epsilon", eps=0.01), make_rule("gamma", gamma=0.25)):
         r = relevance(pr, rule)

@@ -275,8 +275,11 @@ def test_topk_cli_equals_direct_top_k_and_the_sorted_matrix(ws, ref):
     assert str(out.resolve() / "topk.npz") in r.stdout
 
 
-def test_trak_cli_equals_direct_trak_and_keeps_its_stores(ws):
+def test_trak_cli_equals_direct_trak_and_keeps_its_stores(ws, capsys):
+    """``hepattr influence trak`` (in process, like the tests below: the direct call then reuses
+    the command's compiled kernels) against ``trak`` called directly on the loaded run."""
     from hepattr_jax import trak
+    from hepattr_jax.cli import main
     from hepattr_jax.per_example import layout_for
     from hepattr_jax.projection import Projector
     from hepattr_jax.runs import load_run
@@ -284,10 +287,10 @@ def test_trak_cli_equals_direct_trak_and_keeps_its_stores(ws):
     out = ws.root / "trak"
     args = ("influence", "trak", ws.run_dir, "--proj-dim", "32", "--checkpoints", "all")
     args += ("--chunk-size", CHUNK_TT)
-    r = hepattr(*args, "--out", out, "--quiet", cache=ws.cache)
+    assert main([*map(str, args), "--out", str(out), "--quiet"]) == 0
     res = read_result(out)
     assert res.meta["kind"] == "trak_scores" and res.meta["projection"]["proj_dim"] == 32
-    assert str(out.resolve() / "scores.npy") in r.stdout
+    assert str(out.resolve() / "scores.npy") in capsys.readouterr().out
     feats = read_result(out / "features" / "run0_train")
     assert feats.meta["output"] == "margin" and feats.arrays["features"].shape[2] == 32
 
@@ -308,12 +311,8 @@ def test_trak_cli_equals_direct_trak_and_keeps_its_stores(ws):
         res.arrays["self_influence"], trak.trak_self_influence(ftr, mtr), rtol=1e-4
     )
     # Other settings into the same directory are refused, naming the differing key.
-    bad = run_py(
-        ["-m", "hepattr_jax", *map(str, args), "--damping", "0.5", "--out", str(out), "--quiet"],
-        ws.cache,
-        check=False,
-    )
-    assert bad.returncode == 2 and "damping" in bad.stderr
+    bad = main([*map(str, args), "--damping", "0.5", "--out", str(out), "--quiet"])
+    assert bad == 2 and "damping" in capsys.readouterr().err
 
 
 def test_layer_stats_cli_equals_the_direct_call(ws, capsys):
