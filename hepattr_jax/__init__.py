@@ -6,7 +6,8 @@ events -> graphs -> models -> training + checkpoints -> per-event gradients (+ p
 TracIn / TRAK -> scores -> evaluation (removal, mislabels, LDS) and explanations.
 """
 
-from hepattr_jax import explain
+from typing import TYPE_CHECKING
+
 from hepattr_jax.adam import adam_gradient_map
 from hepattr_jax.capture import kernel_rows
 from hepattr_jax.checkpoints import CheckpointStore
@@ -26,7 +27,6 @@ from hepattr_jax.errors import (
     WriteError,
 )
 from hepattr_jax.evaluation import lds_interval, linear_datamodeling_score
-from hepattr_jax.explain import explain_run, permutation_importance, shapley_values
 from hepattr_jax.graph_ops import NeighbourGraph
 from hepattr_jax.graphs import Batch, Budget, GraphSet, build_graphs
 from hepattr_jax.kfac import LayerStatistics, layer_statistics
@@ -65,7 +65,25 @@ from hepattr_jax.tracin import (
 from hepattr_jax.train import train
 from hepattr_jax.trak import featurize, trak_scores, trak_self_influence
 
+if TYPE_CHECKING:
+    from hepattr_jax import explain
+    from hepattr_jax.explain import explain_run, permutation_importance, shapley_values
+
 __version__ = "0.1.0"
+
+#: Imported on first use: explanations pull in scipy.stats and matplotlib (about a second), which
+#: training, attribution and their command lines do not need.
+_LAZY_EXPLAIN = ("explain", "explain_run", "permutation_importance", "shapley_values")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPLAIN:
+        import importlib
+
+        module = importlib.import_module("hepattr_jax.explain")
+        return module if name == "explain" else getattr(module, name)
+    raise AttributeError(f"module 'hepattr_jax' has no attribute {name!r}")
+
 
 __all__ = [
     "Batch",

@@ -40,9 +40,16 @@ def _one_model(config, data, mask, s):
     budget = data.train.batch_budget(config.batch_size)
     tx = make_optimizer(config, make_schedule(config, -(-n // config.batch_size)))
     example = data.train.training_batch(np.arange(config.batch_size), budget)
-    params = model.init(jax.random.fold_in(jax.random.key(config.seed), s), example.graphs)
+    key = jax.random.fold_in(jax.random.key(config.seed), s)
+    params = jax.jit(model.init)(key, example.graphs)
     opt = tx.init(params)
-    grad = jax.jit(jax.grad(partial(weighted_mean_loss, model.apply)))
+
+    @jax.jit  # one step jitted whole (eager optax compiles each operation per leaf shape)
+    def step(params, opt, batch, w):
+        grads = jax.grad(partial(weighted_mean_loss, model.apply))(params, batch, w)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt
+
     for epoch in range(config.epochs):
         order = np.random.default_rng([config.seed, epoch]).permutation(n)
         todo = batches(data.train, config.batch_size, budget, order)
@@ -50,8 +57,7 @@ def _one_model(config, data, mask, s):
             pos = order[start : start + config.batch_size]
             w = np.zeros(budget.n_graph, np.float32)
             w[: len(pos)] = mask[pos]
-            updates, opt = tx.update(grad(params, batch, w), opt, params)
-            params = optax.apply_updates(params, updates)
+            params, opt = step(params, opt, batch, w)
     apply = jax.jit(model.apply)
     logits = np.concatenate(
         [
