@@ -24,6 +24,8 @@ named after; the measured comparison is in experiments/attribution_quality.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -52,7 +54,16 @@ def adam_gradient_map(ckpts, eps: float = ADAM_EPS) -> GradientMap:
             "have none (reopen the run with hepattr_jax.runs.load_run, or pass second_moments "
             "to Checkpoints.from_list)"
         )
-    leaves = jax.tree_util.tree_leaves(ckpts.second_moments)
-    if any(bool(jnp.any(~jnp.isfinite(v) | (v < 0))) for v in leaves):
+    sqrt_p, bad = _checked_preconditioner_sqrt(ckpts.second_moments, eps)
+    if bool(bad):
         raise ConfigError("Adam second moments: negative, NaN or inf entries")
-    return GradientMap(scale_gradient, preconditioner_sqrt(ckpts.second_moments, eps), "adam")
+    return GradientMap(scale_gradient, sqrt_p, "adam")
+
+
+@functools.partial(jax.jit, static_argnames="eps")
+def _checked_preconditioner_sqrt(second_moments, eps: float):
+    """:func:`preconditioner_sqrt` and whether any entry is negative, NaN or inf, in one
+    compiled program (eagerly, each operation compiles for each leaf shape: seconds)."""
+    leaves = jax.tree_util.tree_leaves(second_moments)
+    bad = jnp.stack([jnp.any(~jnp.isfinite(v) | (v < 0)) for v in leaves]).any()
+    return preconditioner_sqrt(second_moments, eps), bad

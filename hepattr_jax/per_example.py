@@ -525,8 +525,14 @@ def batch_grad_kernel(layout) -> Callable:
 
 
 def stack_params(params_list: list[Params]) -> Params:
-    """K parameter trees -> one tree with a leading K axis."""
-    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *params_list)
+    """K parameter trees -> one tree with a leading K axis (one compiled program; eagerly, each
+    leaf shape compiles a stack of its own)."""
+    return _stack_trees(list(params_list))
+
+
+@jax.jit
+def _stack_trees(trees):
+    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)
 
 
 OUTPUTS = ("loss", "margin")

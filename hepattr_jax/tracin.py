@@ -94,7 +94,9 @@ class Checkpoints:
         return len(self.lrs)
 
     def at(self, k: int) -> Params:
-        return jax.tree_util.tree_map(lambda x: x[k], self.params)
+        if not -len(self) <= k < len(self):  # a traced index would be clamped, not refused
+            raise IndexError(f"checkpoint {k} of {len(self)}")
+        return _index_tree(self.params, k)
 
     def select(self, indices: Sequence[int]) -> Checkpoints:
         """The checkpoints at ``indices`` (in that order), e.g. ``[len(ck) - 1]``: the last."""
@@ -117,6 +119,13 @@ class Checkpoints:
     def lr_array(self):
         dtype = jax.tree_util.tree_leaves(self.params)[0].dtype
         return jnp.asarray(self.lrs, dtype)
+
+
+@jax.jit
+def _index_tree(tree, k):
+    """Entry ``k`` of every leaf's leading axis (one compiled program for every ``k``; eagerly,
+    each leaf shape and index compiles its own)."""
+    return jax.tree_util.tree_map(lambda x: x[k], tree)
 
 
 # --------------------------------------------------------------------- reference loop
