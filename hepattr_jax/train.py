@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -261,7 +260,8 @@ _TRAINING_OBJECTS: dict[tuple[str, int], tuple] = {}
 
 
 def _model_and_optimizer(config: TrainConfig, steps_per_epoch: int):
-    key = (json.dumps(config.to_dict(), sort_keys=True), steps_per_epoch)
+    # the fingerprint leaves out only patience, which none of the three depends on
+    key = (config.fingerprint(), steps_per_epoch)
     if key not in _TRAINING_OBJECTS:
         if len(_TRAINING_OBJECTS) >= 8:
             _TRAINING_OBJECTS.pop(next(iter(_TRAINING_OBJECTS)))
