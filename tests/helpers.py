@@ -10,6 +10,9 @@ import os
 import stat
 from pathlib import Path
 
+import jax
+import numpy as np
+
 from hepattr_jax.config import TrainConfig
 from hepattr_jax.data.synthetic import random_events
 
@@ -76,8 +79,6 @@ def init_params(model, graph, seeds=(0,), dtype=None) -> list:
     """``model.init(jax.random.key(s), graph)`` for each seed under one ``jax.jit`` (the same
     parameters; eager init compiles every operation on its own, seconds for the jet models),
     each leaf cast to ``dtype`` when given."""
-    import jax
-
     init = jax.jit(model.init)
     out = [init(jax.random.key(s), graph) for s in seeds]
     if dtype is not None:
@@ -93,3 +94,19 @@ SMALL_MODEL = {
     "interaction": {"hidden": 16, "readout_hidden": 16},
     "gcn": {"hidden": 16, "n_layers": 2, "readout_hidden": 16},
 }
+
+
+def numpy_params(model, *args, seed=0, bias_scale=0.0, dtype=np.float64):
+    """Parameters of a model of ``nn.Dense`` layers drawn in NumPy: LeCun-normal kernels (the
+    scale of flax's default), biases ``bias_scale`` times a standard normal. For checks that
+    hold for any parameters: NumPy draws compile nothing, where flax's eager ``init`` compiles
+    each initialiser per shape (seconds per model on a CPU)."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        if "bias" in jax.tree_util.keystr(path):
+            return (bias_scale * rng.normal(size=leaf.shape)).astype(dtype)
+        return (rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[0])).astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)

@@ -26,6 +26,7 @@ from hepattr_jax.ekfac import EKFACFactors, ekfac_checkpoints, ekfac_gradient_ma
 from hepattr_jax.errors import ConfigError
 from hepattr_jax.graphs import build_graphs
 from hepattr_jax.per_example import GraphLayout
+from tests.helpers import init_params
 
 SIZES = np.array([1, 2, 5, 9, 3, 1, 4, 6, 2, 7])
 DAMPING = 0.1
@@ -210,8 +211,7 @@ def test_builtin_models_whitened_gradients_equal_numpy_float64(name):
         model = make_model(name, use_globals=True, **kwargs)
         layout = NeighbourLayout(model)
         ex0 = one_example(layout, gs, 0)
-        params = jax.jit(model.init)(jax.random.key(2), ex0.graph)
-        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
+        (params,) = init_params(model, ex0.graph, (2,), jnp.float64)
         ck = tracin.Checkpoints.from_list([params], [1.0])
         fac = fit(layout, ck, gs, chunk_size=4, progress=False)
         if name == "part":

@@ -38,6 +38,7 @@ from hepattr_jax.explain.activations import correlations, pca
 from hepattr_jax.explain.coverage import discretize, silverman, uniform_scores
 from hepattr_jax.explain.features import mask_features, permute_features
 from hepattr_jax.metrics import auroc
+from tests.helpers import numpy_params
 
 TOL = 1e-9  # float64 model outputs on float32 inputs: only summation order differs
 
@@ -227,8 +228,6 @@ def test_pca_and_correlations():
 @pytest.mark.slow  # long (compiles a lot): make test runs it, make test-fast not
 @pytest.mark.parametrize("model_name", ["edgeconv", "particlenet"])
 def test_batched_predictor_matches_evaluate_events(model_name):
-    import jax
-
     from hepattr_jax.graphs import build_graphs
     from hepattr_jax.models import make_model
     from hepattr_jax.train import evaluate_events
@@ -241,15 +240,9 @@ def test_batched_predictor_matches_evaluate_events(model_name):
         "particlenet": {"blocks": ((4, 4), (8, 8)), "k": 3, "head": 8},
     }[model_name]
     model = make_model(model_name, use_globals=True, **kwargs)
-    # Any parameters do (the check is predictor == evaluate_events): drawn in NumPy, LeCun-normal
-    # kernels and nonzero biases, instead of compiling flax's init (seconds on a CPU).
-    shapes = jax.eval_shape(
-        model.init, jax.random.key(0), gs.training_batch(np.arange(4), gs.batch_budget(4)).graphs
-    )
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda s: (rng.normal(size=s.shape) / np.sqrt(s.shape[0])).astype(np.float32), shapes
-    )
+    # Any parameters do (the check is predictor == evaluate_events): nonzero biases
+    example = gs.training_batch(np.arange(4), gs.batch_budget(4)).graphs
+    params = numpy_params(model, example, bias_scale=0.3, dtype=np.float32)
     want, _ = evaluate_events(model.apply, params, gs, batch_size=16)
     pr = BatchedPredictor(model, params, gs, batch_size=16)  # 5 batches, last one partial
     np.testing.assert_allclose(pr(), want, rtol=1e-5, atol=1e-6)

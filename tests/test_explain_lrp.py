@@ -32,6 +32,7 @@ from hepattr_jax.explain.lrp import (
 )
 from hepattr_jax.graphs import Budget, build_graphs
 from hepattr_jax.models import make_model
+from tests.helpers import numpy_params
 
 
 class MLP(nn.Module):
@@ -65,22 +66,6 @@ SMALL = {
     "gcn": {"hidden": 8, "readout_hidden": 8, "n_layers": 2},
     "particlenet": {"blocks": ((4, 4), (8, 8)), "k": 3, "head": 8},
 }
-
-
-def numpy_params(model, *args, seed=0, bias_scale=0.0, dtype=np.float64):
-    """Parameters of a model of ``nn.Dense`` layers drawn in NumPy: LeCun-normal kernels (the
-    scale of flax's default), biases ``bias_scale`` times a standard normal. Every check here
-    holds for any parameters; NumPy draws compile nothing, where flax's eager ``init`` compiles
-    each initialiser per shape (seconds per model on a CPU)."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        if "bias" in jax.tree_util.keystr(path):
-            return (bias_scale * rng.normal(size=leaf.shape)).astype(dtype)
-        return (rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[0])).astype(dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _x(n=20, d=4, seed=0, dtype=np.float64):
