@@ -498,8 +498,8 @@ def grad_kernel(layout) -> Callable:
 
 @kernel_cache
 def stacked_grad_kernel(layout, map_fn: Callable | None = None) -> Callable:
-    """Jitted ``f(params_k [K,...], chunk [C,...], state_k=None) -> [K, C, P]`` (mapped by
-    ``map_fn`` at ``state_k``: :class:`GradientMap`) at every checkpoint."""
+    """Jitted ``f(params_k [K,...], chunk [C,...], state_k=None) -> [C, K, P]`` (mapped by
+    ``map_fn`` at ``state_k``: :class:`GradientMap`) at every checkpoint, event-major."""
 
     def one(params, ex, state):
         return flat_grad_one(layout.loss_one, params, ex, map_fn, state)
@@ -508,9 +508,28 @@ def stacked_grad_kernel(layout, map_fn: Callable | None = None) -> Callable:
 
     @jax.jit
     def f(params_k, chunk, state_k):
-        return jax.vmap(lambda p, s: per_event(p, chunk, s))(params_k, state_k)
+        return checkpoints_event_major(lambda x: per_event(x[0], chunk, x[1]), (params_k, state_k))
 
     return optional_state(f)
+
+
+def checkpoints_event_major(fn: Callable, xs) -> jax.Array:
+    """``[C, K, P]`` from ``fn(x_k) -> [C, P]`` over the ``K`` leading slices of ``xs``.
+
+    One checkpoint at a time (``scan``: one checkpoint's activations live at once), each result
+    written in place into one event-major buffer, so that an event's ``K`` gradients form one
+    contiguous ``K * P`` row (a train x test Gram over checkpoints is then one matmul) and no
+    ``[K, C, P]`` stack is transposed into it.
+    """
+    k = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    one = jax.eval_shape(fn, jax.tree_util.tree_map(lambda x: x[0], xs))
+    buf = jnp.zeros((one.shape[0], k, one.shape[1]), one.dtype)
+
+    def body(buf, i_x):
+        i, x = i_x
+        return jax.lax.dynamic_update_slice_in_dim(buf, fn(x)[:, None, :], i, axis=1), None
+
+    return jax.lax.scan(body, buf, (jnp.arange(k), xs))[0]
 
 
 @functools.lru_cache(maxsize=32)

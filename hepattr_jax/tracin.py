@@ -37,6 +37,7 @@ from hepattr_jax.per_example import (
     GradientMap,
     capture_self_influence_kernel,
     check_layerwise,
+    checkpoints_event_major,
     flat_grad_one,
     kernel_cache,
     layer_energy_kernel,
@@ -259,10 +260,10 @@ def self_influence(
 
 @functools.lru_cache(maxsize=32)
 def _scatter_rows_kernel() -> Callable:
-    """Jitted, buffer-donating ``buf.at[:, rows].set(g)``; rows past the end are dropped."""
+    """Jitted, buffer-donating ``buf.at[rows].set(g)``; rows past the end are dropped."""
 
     def f(buf, g, rows):
-        return buf.at[:, rows].set(g.astype(buf.dtype), mode="drop")
+        return buf.at[rows].set(g.astype(buf.dtype), mode="drop")
 
     return jax.jit(f, donate_argnums=0)
 
@@ -276,14 +277,16 @@ def _test_grads(
     mesh,
     gradient_map: GradientMap | None = None,
 ) -> jax.Array:
-    """``[K, M, P]`` flat (mapped) gradients of the test events at ``positions`` (in that
-    order), built in one device buffer (each chunk written in place), so they are held once."""
+    """``[M, K, P]`` flat (mapped) gradients of the test events at ``positions`` (in that
+    order), built in one device buffer (each chunk written in place), so they are held once.
+    Event-major, so that one event's ``K`` gradients are one contiguous ``K * P`` row: the
+    train x test kernel contracts them in one matmul, with no per-checkpoint slice copied."""
     kernel = stacked_grad_kernel(layout, map_parts(gradient_map)[0])
     state = replicate(map_parts(gradient_map)[1], mesh)
     where = np.full(len(test), -1, np.int64)
     where[positions] = np.arange(len(positions))
     flat0 = ravel_pytree(ckpts.at(0))[0]
-    buf = replicate(jnp.zeros((len(ckpts), len(positions), flat0.shape[0]), flat0.dtype), mesh)
+    buf = replicate(jnp.zeros((len(positions), len(ckpts), flat0.shape[0]), flat0.dtype), mesh)
     write = _scatter_rows_kernel()
     params = replicate(ckpts.params, mesh)
     for chunk in layout.chunks(test, chunk_size, positions):
@@ -295,8 +298,13 @@ def _test_grads(
 
 @kernel_cache
 def _train_test_kernel(layout, map_fn: Callable | None = None) -> Callable:
-    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [K, M, P], state_k=None) -> [M, C]``
-    (train gradients mapped by ``map_fn`` at ``state_k``, as the test gradients were; cached)."""
+    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [M, K, P], state_k=None) -> [M, C]``
+    (train gradients mapped by ``map_fn`` at ``state_k``, as the test gradients were; cached).
+
+    The chunk's train gradients are taken one checkpoint at a time (``scan``: one checkpoint's
+    activations live at once), scaled by ``eta_k`` and laid out ``[C, K * P]``; the sum over
+    checkpoints and parameters is then one matmul with the test gradients viewed ``[M, K * P]``
+    (a free reshape), which reads them once per chunk and copies nothing of them."""
 
     def one(params, ex, state):
         return flat_grad_one(layout.loss_one, params, ex, map_fn, state)
@@ -305,13 +313,15 @@ def _train_test_kernel(layout, map_fn: Callable | None = None) -> Callable:
 
     @jax.jit
     def f(params_k, lr_k, chunk, test_grads, state_k):
-        def body(acc, xs):
-            params, lr, g_te, state = xs
-            return acc + lr * (g_te @ per_event(params, chunk, state).T), None
+        dtype = jnp.result_type(test_grads, lr_k)
 
-        c = jax.tree_util.tree_leaves(chunk)[0].shape[0]
-        acc0 = jnp.zeros((test_grads.shape[1], c), jnp.result_type(test_grads, lr_k))
-        return jax.lax.scan(body, acc0, (params_k, lr_k, test_grads, state_k))[0]
+        def scaled(x):
+            params, lr, state = x
+            return (lr * per_event(params, chunk, state)).astype(dtype)
+
+        g_tr = checkpoints_event_major(scaled, (params_k, lr_k.astype(dtype), state_k))
+        m, c = test_grads.shape[0], g_tr.shape[0]
+        return test_grads.reshape(m, -1).astype(dtype) @ g_tr.reshape(c, -1).T
 
     return optional_state(f)
 
