@@ -308,6 +308,8 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
         "40",
         "--timing-events",
         "50",
+        "--batch-size",
+        "64",
         "--quiet",
     ]
     assert cli.main(argv) == 0
@@ -318,6 +320,7 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
     assert set(r["permutation_importance"]["groups"]) == {"x0", "x1", "x2", "x3", "g0", "g1"}
     assert r["influence_split"]["n_discarded_total"] == round(0.1 * r["influence_split"]["n_train"])
     assert r["timing_fixed_events"]["n_events"] == 50
+    assert r["settings"]["batch_size"] == 64
     assert r["command"] == f"hepattr explain {run_dir} " + " ".join(argv[2:-1])
     for fig in r["figures"].values():
         assert (out / fig).stat().st_size > 1000
@@ -343,6 +346,8 @@ def test_hepattr_explain_end_to_end(tmp_path, capsys):
     # bad input is named
     assert cli.main(["explain", str(run_dir), "--q", "1.5"]) == 2
     assert "--q" in capsys.readouterr().err
+    assert cli.main(["explain", str(run_dir), "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
     # a quantity left out of one subset (constant there on small data) is n/a, not a KeyError
     from hepattr_jax.explain.report import align_quantities, render_report
 
