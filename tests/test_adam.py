@@ -61,6 +61,7 @@ def _rel(a, b):
     return np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
 
 
+@pytest.mark.slow  # compile-heavy (float64 matrix, top-k, features): make test runs it
 def test_adam_self_influence_matrix_top_k_and_features_float64_equal_numpy():
     with jax.enable_x64(True):
         gs, model, ckpts = _setup()

@@ -4,6 +4,7 @@ NumPy cosines of per-event reference gradients, float64 to 1e-9."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from hepattr_jax import tracin
 from hepattr_jax.cosine import cosine_gradient_map, unit_gradient
@@ -28,6 +29,7 @@ def _grads(model, ckpts, gs):
     )
 
 
+@pytest.mark.slow  # compile-heavy (float64 matrix, top-k, self-influence): make test runs it
 def test_cosine_matrix_top_k_and_self_influence_equal_numpy_float64():
     with jax.enable_x64(True):
         train = build_graphs(random_events(11, n_nodes=np.r_[1:12], seed=1, n_globals=2))

@@ -132,7 +132,9 @@ def test_single_layer_ekfac_is_the_exact_gauss_newton_inverse():
             np.testing.assert_allclose(si, np.diag(want), rtol=1e-9)
 
 
-@pytest.mark.parametrize("factors", ["expand", pytest.param("reduce", marks=pytest.mark.slow)])
+# Both compile-heavy: make test runs them; make test-fast keeps the single-layer check above.
+@pytest.mark.slow
+@pytest.mark.parametrize("factors", ["expand", "reduce"])
 def test_two_layer_ekfac_equals_its_closed_form_and_a_direct_solve(factors):
     with jax.enable_x64(True):
         model = MeanPoolMLP()

@@ -76,6 +76,7 @@ def test_a_diverged_first_epoch_is_recorded_and_named(tmp_path):
     assert rec["diverged"] is True and rec["train_loss"] is None and rec["epoch"] == 0
 
 
+@pytest.mark.slow  # a second training run (the first-epoch case stays in make test-fast)
 def test_a_diverged_later_epoch_stops_and_reports_the_last_good_checkpoint(tmp_path, monkeypatch):
     """Fault injection: from epoch 2 on the training step reports a NaN loss."""
     real = train_module.make_steps

@@ -244,6 +244,7 @@ def test_ensure_generated_reads_back_finishes_and_refuses_another(tiny_top, tmp_
     assert _hashes(part) == want
 
 
+@pytest.mark.slow  # generates twice more (end to end): make test runs it, make test-fast not
 def test_top_qcd_is_deterministic_and_resumes(tiny_top, tmp_path):
     want = _hashes(tiny_top)
     assert len(want) == 2

@@ -168,6 +168,7 @@ def generated(tmp_path_factory):
     return dirs
 
 
+@pytest.mark.slow  # generates twice more (end to end): make test runs it, make test-fast not
 @pytest.mark.parametrize("name", ["wh_ttbar", "susy_2l"])
 def test_deterministic_and_resumes(generated, tmp_path, name):
     want = _hashes(generated[name])

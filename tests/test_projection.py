@@ -22,7 +22,8 @@ TREE = {
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
-@pytest.mark.parametrize("block_rows", [4, 1000])  # many blocks per leaf; one per leaf
+# many blocks per leaf; one per leaf (compiles its own kernels: make test runs it, test-fast not)
+@pytest.mark.parametrize("block_rows", [4, pytest.param(1000, marks=pytest.mark.slow)])
 def test_blockwise_projection_equals_dense_reference(kind, block_rows):
     with jax.enable_x64(True):
         tree = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), TREE)

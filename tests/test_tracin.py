@@ -228,6 +228,7 @@ def test_float32_against_reference_bounded_for_every_event_off_a_relu_kink():
     assert rel[~near_kink].max() < 1e-5, (worst, rel[worst])
 
 
+@pytest.mark.slow  # compiles every bucket of two layouts: make test runs it, make test-fast not
 def test_padding_slots_contribute_exactly_zero_and_kernels_compile_once_per_bucket(count_traces):
     with jax.enable_x64(True):
         gs, model, ckpts = _setup()

@@ -93,6 +93,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow  # a training run of its own: make test runs it, make test-fast not
 def test_checkpoints_carry_step_and_the_lr_used(tmp_path):
     result = train(CFG, tmp_path / "run", progress=False)
     data = prepare_data(CFG)
