@@ -17,6 +17,18 @@ import json
 import shlex
 from pathlib import Path
 
+#: The options' defaults: the parser's, and what ``_command`` leaves out of a recorded command.
+_DEFAULTS = {
+    "repeats": 5,
+    "q": 0.1,
+    "seed": 0,
+    "shapley": "auto",
+    "permutations": 16,
+    "n_coverage": 2000,
+    "timing_events": 0,
+    "batch_size": 512,
+}
+
 
 def add_parser(subparsers) -> None:
     """Adds ``explain``."""
@@ -29,11 +41,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("run_dir", type=Path, help="run directory written by `hepattr train`")
     p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/explain)")
     p.add_argument("--n-events", type=int, help="test events used (default all; seeded sample)")
-    p.add_argument("--repeats", type=int, default=5, help="permutation repeats (default 5)")
+    p.add_argument("--repeats", type=int, help="permutation repeats (default %(default)s)")
     p.add_argument(
-        "--q", type=float, default=0.1, help="fraction removed by the GNN-IRST rule (default 0.1)"
+        "--q", type=float, help="fraction removed by the GNN-IRST rule (default %(default)s)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--seed", type=int, help="seed of every random choice")
     p.add_argument(
         "--groups",
         type=Path,
@@ -42,40 +54,35 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--shapley",
         choices=("auto", "exact", "permutation"),
-        default="auto",
         help="Shapley estimator (auto: exact up to 8 groups)",
     )
     p.add_argument(
         "--permutations",
         type=int,
-        default=16,
-        help="orderings for permutation-sampling Shapley (default 16)",
+        help="orderings for permutation-sampling Shapley (default %(default)s)",
     )
     p.add_argument(
         "--n-coverage",
         type=int,
-        default=2000,
-        help="events used by the coverage estimates (default 2000)",
+        help="events used by the coverage estimates (default %(default)s)",
     )
     p.add_argument(
         "--timing-events",
         type=int,
-        default=0,
         help="also time permutation importance and Shapley on this many (tiled) test events",
     )
     p.add_argument(
         "--batch-size",
         type=int,
-        default=512,
-        help="events per padded prediction batch (default 512; models that build a dynamic kNN, "
-        "particlenet and dynedge, run about 3x faster per event at 128: the kNN is quadratic in "
-        "a batch's nodes)",
+        help="events per padded prediction batch (default %(default)s; models that build a "
+        "dynamic kNN, particlenet and dynedge, run about 3x faster per event at 128: the kNN is "
+        "quadratic in a batch's nodes)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     from hepattr_jax.cli.influence import allow_missing
 
     allow_missing(p)
-    p.set_defaults(func=_cmd_explain)
+    p.set_defaults(func=_cmd_explain, **_DEFAULTS)
 
 
 _OPTIONS = (
@@ -95,20 +102,10 @@ _OPTIONS = (
 
 def _command(args) -> str:
     """The command line that reproduces ``args`` (options at their defaults left out)."""
-    defaults = {
-        "repeats": 5,
-        "q": 0.1,
-        "seed": 0,
-        "shapley": "auto",
-        "permutations": 16,
-        "n_coverage": 2000,
-        "timing_events": 0,
-        "batch_size": 512,
-    }
     parts = ["hepattr", "explain", str(args.run_dir)]
     for name in _OPTIONS:
         v = getattr(args, name)
-        if v is not None and v != defaults.get(name):
+        if v is not None and v != _DEFAULTS.get(name):
             parts += [f"--{name.replace('_', '-')}", str(v)]
     if getattr(args, "allow_missing_checkpoints", False):
         parts.append("--allow-missing-checkpoints")
