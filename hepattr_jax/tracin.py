@@ -38,6 +38,7 @@ from hepattr_jax.per_example import (
     capture_self_influence_kernel,
     check_layerwise,
     checkpoints_event_major,
+    event_major_scratch,
     flat_grad_one,
     kernel_cache,
     layer_energy_kernel,
@@ -285,43 +286,45 @@ def _test_grads(
     state = replicate(map_parts(gradient_map)[1], mesh)
     where = np.full(len(test), -1, np.int64)
     where[positions] = np.arange(len(positions))
-    flat0 = ravel_pytree(ckpts.at(0))[0]
-    buf = replicate(jnp.zeros((len(positions), len(ckpts), flat0.shape[0]), flat0.dtype), mesh)
-    write = _scatter_rows_kernel()
     params = replicate(ckpts.params, mesh)
+    scratch = shard_events(event_major_scratch(params, chunk_size), mesh)
+    buf = replicate(jnp.zeros((len(positions), *scratch.shape[1:]), scratch.dtype), mesh)
+    write = _scatter_rows_kernel()
     for chunk in layout.chunks(test, chunk_size, positions):
         rows = np.full(chunk_size, len(positions), np.int64)  # filler rows: out of range, dropped
         rows[: len(chunk.positions)] = where[chunk.positions]
-        buf = write(buf, kernel(params, shard_events(chunk.data, mesh), state), rows)
+        scratch = kernel(params, shard_events(chunk.data, mesh), scratch, state)
+        buf = write(buf, scratch, rows)
     return buf
 
 
 @kernel_cache
 def _train_test_kernel(layout, map_fn: Callable | None = None) -> Callable:
-    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [M, K, P], state_k=None) -> [M, C]``
-    (train gradients mapped by ``map_fn`` at ``state_k``, as the test gradients were; cached).
+    """Jitted ``f(params_k, lr_k, train_chunk, test_grads [M, K, P], scratch [C, K, P],
+    state_k=None) -> (scores [M, C], scratch)`` (train gradients mapped by ``map_fn`` at
+    ``state_k``, as the test gradients were; cached).
 
     The chunk's train gradients are taken one checkpoint at a time (``scan``: one checkpoint's
-    activations live at once), scaled by ``eta_k`` and laid out ``[C, K * P]``; the sum over
-    checkpoints and parameters is then one matmul with the test gradients viewed ``[M, K * P]``
-    (a free reshape), which reads them once per chunk and copies nothing of them."""
+    activations live at once), scaled by ``eta_k`` and written in place into the donated
+    ``scratch`` (of the test gradients' dtype; pass the returned one to the next call), laid
+    out ``[C, K * P]``; the sum over checkpoints and parameters is then one matmul with the
+    test gradients viewed ``[M, K * P]`` (a free reshape), which reads them once per chunk and
+    copies nothing of them."""
 
     def one(params, ex, state):
         return flat_grad_one(layout.loss_one, params, ex, map_fn, state)
 
     per_event = jax.vmap(one, in_axes=(None, 0, None))
 
-    @jax.jit
-    def f(params_k, lr_k, chunk, test_grads, state_k):
-        dtype = jnp.result_type(test_grads, lr_k)
-
+    @functools.partial(jax.jit, donate_argnums=4)
+    def f(params_k, lr_k, chunk, test_grads, scratch, state_k):
         def scaled(x):
             params, lr, state = x
-            return (lr * per_event(params, chunk, state)).astype(dtype)
+            return lr * per_event(params, chunk, state)
 
-        g_tr = checkpoints_event_major(scaled, (params_k, lr_k.astype(dtype), state_k))
+        g_tr = checkpoints_event_major(scaled, (params_k, lr_k, state_k), scratch)
         m, c = test_grads.shape[0], g_tr.shape[0]
-        return test_grads.reshape(m, -1).astype(dtype) @ g_tr.reshape(c, -1).T
+        return test_grads.reshape(m, -1).astype(g_tr.dtype) @ g_tr.reshape(c, -1).T, g_tr
 
     return optional_state(f)
 
@@ -362,10 +365,14 @@ def train_test_chunks(
 
         def chunk_fn(data, block=block, held=held):
             if "g_te" not in held:
-                held["g_te"] = _test_grads(
-                    layout, ckpts, test, block, chunk_size, mesh, gradient_map
-                )
-            return kernel(params, lrs, data, held["g_te"], state)
+                g_te = _test_grads(layout, ckpts, test, block, chunk_size, mesh, gradient_map)
+                held["g_te"] = g_te
+                dtype = jnp.result_type(g_te.dtype, lrs.dtype)
+                held["scratch"] = shard_events(event_major_scratch(params, chunk_size, dtype), mesh)
+            scores, held["scratch"] = kernel(
+                params, lrs, data, held["g_te"], held["scratch"], state
+            )
+            return scores
 
         skip = None
         if skip_chunk is not None:

@@ -220,3 +220,49 @@ def test_attribution_methods_benchmark_quick_preset_writes_results(tmp_path):
     }
     for r in w["methods"].values():  # steady calls compile nothing
         assert _positive(r["events_per_s"]) and r["steady_calls_compile_s"] == 0.0
+
+
+def test_kernel_profile_splits_a_known_kernel():
+    """The op profile of ``sum(relu(x @ w) ** 2)``'s gradient: its two matmuls are found in
+    the optimised HLO (fused or not) with their FLOPs from the shapes, every thunk the trace
+    records maps to an instruction, and the shares add up."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.kernel_profile import categorise, parse_hlo, profile
+
+    def f(x, w):
+        return jnp.sum(jax.nn.relu(x @ w) ** 2)
+
+    fn = jax.jit(jax.grad(f, argnums=1))
+    x, w = jnp.ones((256, 32)), jnp.ones((32, 16))
+    ops = parse_hlo(fn.lower(x, w).compile().as_text())
+    thunks = [op for op in ops.values() if not op.in_fusion]
+    flops = sorted(op.flops for op in thunks if op.category == "matmul")
+    assert flops == [2.0 * 256 * 32 * 16] * 2  # forward x @ w, and x^T @ delta
+    r = profile(
+        fn, lambda: (x, w), useful_flops=2 * 2.0 * 256 * 32 * 16, matmul_rate=1.0, repeats=2
+    )
+    assert r["ops"] and all(o["category"] != "unknown" for o in r["ops"])
+    assert r["xla_matmul_flops"] == pytest.approx(2 * 2.0 * 256 * 32 * 16)
+    assert sum(c["share"] for c in r["categories"].values()) == pytest.approx(1.0)
+    assert r["bound_matmul_at_peak"] == pytest.approx(1.0)
+    assert categorise("fusion", frozenset({"fusion", "parameter", "concatenate"})) == "copy/layout"
+    assert categorise("fusion", frozenset({"fusion", "dot", "add"})) == "matmul"
+    assert categorise("while", frozenset({"while"})) == "control"
+
+
+@pytest.mark.slow  # end-to-end: make test runs it, make test-fast not
+def test_kernel_profile_quick_preset_writes_results(tmp_path):
+    from benchmarks.kernel_profile import main as profile_main
+
+    res = profile_main(["--preset", "quick", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("kernel_profile_quick_*.json")
+    assert json_path.with_suffix(".md").read_text().startswith("# Kernel profile")
+    on_disk = json.loads(json_path.read_text())
+    assert res["files"]["json"] == str(json_path)
+    kinds = [k["kernel"] for k in on_disk["kernels"]]
+    assert kinds == ["self_influence", "train_x_test"]
+    for k in on_disk["kernels"]:
+        assert _positive(k["wall_s"]) and _positive(k["fraction_of_matmul"])
+        assert "matmul" in k["categories"] and _positive(k["matmul_ops_gflops_per_s"])
