@@ -21,9 +21,11 @@ fusions), its FLOPs from the operand shapes. So each kernel's thunk time splits 
   ``copy/layout`` (copies, transposes, concatenations: the flattening of gradients included);
 * ``control`` (while loops, calls) holds other thunks and is left out of the shares.
 
-Two bounds follow from it and are what the closing notes quote: the fraction of the matmul rate
-the kernel would reach if only its matmul thunks took time (at their measured speed), and if its
-matmuls also ran at the large-matmul rate. Thunk times are summed over threads (XLA may run two
+Three bounds follow from it and are what the closing notes quote: the fraction of the matmul
+rate the kernel would reach if only its matmul thunks took time (at their measured speed); if
+its matmuls also ran at the large-matmul rate; and the roofline, every executed op at the larger
+of its matmul FLOPs over the matmul rate and the bytes it must move over the fastest memory rate
+measured in the run (an upper bound for this op graph on this machine). Thunk times are summed over threads (XLA may run two
 independent thunks at once), so shares are of the summed thunk time; the wall time is apart.
 
 Writes ``OUT/kernel_profile_<device>.json`` (every op) and ``.md`` (the summary and each
@@ -85,6 +87,17 @@ _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->\s*.*\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _ARRAY = re.compile(r"^(\w+)\[([\d,]*)\]")
 _OPCODE = re.compile(r"^\s*([\w\-]+)\(")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
+_DTYPE_BYTES |= {"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8}
+
+
+def shape_bytes(shape: str) -> float:
+    """Bytes of an HLO array shape (``'f32[4,8]'``); tuples and tokens count 0."""
+    a = _ARRAY.match(shape)
+    if not a:
+        return 0.0
+    dims = [int(d) for d in a.group(2).split(",") if d]
+    return float(_DTYPE_BYTES.get(a.group(1), 4) * math.prod(dims))
 
 
 @dataclasses.dataclass
@@ -104,6 +117,7 @@ class HloOp:
     inner: frozenset = frozenset()
     category: str = ""
     in_fusion: bool = False  # inside a fused computation: runs as part of its fusion's thunk
+    bytes: float = 0.0  # memory it must move: operands read and result written (at least once)
 
 
 def _split_shape(rest: str) -> tuple[str, str]:
@@ -192,7 +206,22 @@ def parse_hlo(text: str) -> dict[str, HloOp]:
         op.inner, op.flops = inner(op)
         op.category = categorise(op.opcode, op.inner)
         op.in_fusion = op.computation in fused
+        op.bytes = _op_bytes(op, ops)
     return ops
+
+
+def _op_bytes(op: HloOp, ops: dict[str, HloOp]) -> float:
+    """The least memory traffic of one executed instruction: each operand read once and the
+    result written once; an in-place update (a dynamic-update-slice fusion, whose buffer is
+    aliased) reads and writes only its update, not the buffer it writes into."""
+    if op.opcode in CONTROL or op.opcode in ("parameter", "constant", "bitcast", "tuple"):
+        return 0.0
+    operands = [shape_bytes(ops[n].shape) for n in op.operands if n in ops]
+    out = shape_bytes(op.shape)
+    if "dynamic-update-slice" in op.inner:
+        update = sum(b for b in operands if b != out)
+        return 2.0 * update
+    return out + sum(operands)
 
 
 def categorise(opcode: str, inner: frozenset) -> str:
@@ -206,16 +235,20 @@ def categorise(opcode: str, inner: frozenset) -> str:
     for kind in ("scatter", "gather"):
         if kind in inner:
             return kind
-    if {"dynamic-update-slice", "dynamic-slice"} & inner:
+    if "dynamic-update-slice" in inner or opcode == "dynamic-slice":
         return "slice/update"
     if {"reduce", "reduce-window"} & inner:
         return "reduce"
-    if inner <= LAYOUT_OPS | {"fusion"}:
+    # a dynamic-slice fused into other work is a checkpoint's parameter taken in the scan
+    if inner <= LAYOUT_OPS | {"fusion", "dynamic-slice"}:
         return "copy/layout"
     return "elementwise"
 
 
 # ----------------------------------------------------------------------------- thunk trace
+KEEP_OPS = 40  # the heaviest executed ops kept per kernel in the results
+
+
 def thunk_events(trace_dir: str, module: str) -> list[tuple[str, float]]:
     """``(hlo_op, microseconds)`` of every thunk of ``module`` in a ``jax.profiler.trace``."""
     (path,) = glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)
@@ -236,9 +269,11 @@ def profile(
     useful_flops: float,
     matmul_rate: float,
     repeats: int,
+    stream_rate: float = math.inf,
 ) -> dict:
     """Times ``fn(*make_args())`` (a jitted function; median of ``repeats`` steady calls, no
     profiler), then traces ``repeats`` more calls and splits the thunk time by op and category.
+    ``matmul_rate`` (GFLOP/s) and ``stream_rate`` (bytes/s) set each op's roofline floor.
     ``make_args`` is called before every call, untimed (a kernel that donates a buffer gets a
     new one each time)."""
     compiled = fn.lower(*make_args()).compile()
@@ -269,6 +304,7 @@ def profile(
         cat = op.category if op else "unknown"
         calls = r["count"] / repeats
         flops = op.flops * calls if op else 0.0
+        nbytes = op.bytes * calls if op else 0.0
         s = r["us"] / repeats / 1e6
         rows.append(
             {
@@ -280,6 +316,11 @@ def profile(
                 "s_per_call": s,
                 "matmul_flops_per_call": flops,
                 "gflops_per_s": flops / s / 1e9 if flops and s else None,
+                "bytes_per_call": nbytes,
+                "gb_per_s": nbytes / s / 1e9 if nbytes and s else None,
+                # the op's floor on this machine: its matmul FLOPs at the large-matmul rate or
+                # its bytes at the fastest memory rate, whichever takes longer
+                "roofline_s_per_call": max(flops / (matmul_rate * 1e9), nbytes / stream_rate),
             }
         )
     rows.sort(key=lambda r: -r["s_per_call"])
@@ -287,12 +328,21 @@ def profile(
     total = sum(r["s_per_call"] for r in leaf)
     cats: dict[str, dict] = {}
     for r in leaf:
-        c = cats.setdefault(r["category"], {"s_per_call": 0.0, "matmul_flops_per_call": 0.0})
-        c["s_per_call"] += r["s_per_call"]
-        c["matmul_flops_per_call"] += r["matmul_flops_per_call"]
+        c = cats.setdefault(
+            r["category"],
+            {
+                "s_per_call": 0.0,
+                "matmul_flops_per_call": 0.0,
+                "bytes_per_call": 0.0,
+                "roofline_s_per_call": 0.0,
+            },
+        )
+        for key in ("s_per_call", "matmul_flops_per_call", "bytes_per_call", "roofline_s_per_call"):
+            c[key] += r[key]
     for c in cats.values():
         c["share"] = c["s_per_call"] / total if total else None
     wall = statistics.median(times)
+    roofline = sum(r["roofline_s_per_call"] for r in leaf)
     mm = cats.get("matmul", {"s_per_call": 0.0, "matmul_flops_per_call": 0.0})
     mm_rate = mm["matmul_flops_per_call"] / mm["s_per_call"] if mm["s_per_call"] else None
     return {
@@ -313,10 +363,37 @@ def profile(
         "bound_matmul_at_peak": (
             useful_flops / mm["matmul_flops_per_call"] if mm["matmul_flops_per_call"] else None
         ),
+        # every executed op at its roofline floor (matmul rate or fastest memory rate)
+        "roofline_s_per_call": roofline,
+        "bound_roofline": useful_flops / roofline / 1e9 / matmul_rate if roofline else None,
         "categories": dict(sorted(cats.items(), key=lambda kv: -kv[1]["s_per_call"])),
-        "ops": rows,
+        "ops": rows[:KEEP_OPS],  # the heaviest; the categories count every op
+        "ops_left_out": {
+            "n": max(0, len(rows) - KEEP_OPS),
+            "s_per_call": sum(r["s_per_call"] for r in rows[KEEP_OPS:]),
+        },
         "n_ops": len(ops),
     }
+
+
+def bench_stream(sizes_mb=(1, 4, 16, 64, 256), repeats: int = 5) -> dict:
+    """The machine's memory rates: ``x * a + b`` (bytes read + written per second) and ``sum(x)``
+    (bytes read) over float32 arrays of ``sizes_mb``, medians of ``repeats``. They vary a lot
+    with size (caches, and whether XLA splits the loop over both cores), so the roofline takes
+    the fastest of all: its floor is then one no op could beat, and its bound an upper one."""
+    kinds = {"axpb": (jax.jit(lambda x: x * 1.5 + 0.5), 2), "sum": (jax.jit(jnp.sum), 1)}
+    rates = {}
+    for mb in sizes_mb:
+        x = jnp.ones((mb * 2**20 // 4,), jnp.float32)
+        for kind, (f, passes) in kinds.items():
+            jax.block_until_ready(f(x))
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(f(x))
+                ts.append(time.perf_counter() - t0)
+            rates[f"{kind} {mb}MB"] = passes * x.nbytes / statistics.median(ts)
+    return {"bytes_per_s": rates, "roofline_bytes_per_s": max(rates.values())}
 
 
 # ----------------------------------------------------------------------------- the kernels
@@ -370,7 +447,7 @@ def _bucket_label(layout, bk) -> str:
     return f"{bk.n_node} nodes x {bk.width} ({e} edge slots)"
 
 
-def profile_self_influence(s: Settings, wl: str, model: str, rate: float) -> dict:
+def profile_self_influence(s: Settings, wl: str, model: str, rate: float, stream: float) -> dict:
     spec = WORKLOADS[wl]
     w = make_workload(spec, model, s.n_checkpoints, 1e-3)
     layout = layout_for(w.model)
@@ -382,7 +459,7 @@ def profile_self_influence(s: Settings, wl: str, model: str, rate: float) -> dic
     fn = jax.jit(lambda p, lr, data: kernel(p, lr, data))
     print(f"{wl}/{model}: self-influence, chunk {c}, {_bucket_label(layout, bk)}", flush=True)
     args = (w.ckpts.params, w.ckpts.lr_array(), chunk.data)
-    out = profile(fn, lambda: args, useful, rate, s.repeats)
+    out = profile(fn, lambda: args, useful, rate, s.repeats, stream)
     return {
         "kernel": "self_influence",
         "workload": wl,
@@ -397,7 +474,7 @@ def profile_self_influence(s: Settings, wl: str, model: str, rate: float) -> dic
     }
 
 
-def profile_matrix(s: Settings, rate: float) -> dict:
+def profile_matrix(s: Settings, rate: float, stream: float) -> dict:
     wl, model, n_test = s.matrix
     spec = WORKLOADS[wl]
     w = make_workload(spec, model, s.n_checkpoints, 1e-3)
@@ -417,7 +494,7 @@ def profile_matrix(s: Settings, rate: float) -> dict:
         scratch = per_example.event_major_scratch(w.ckpts.params, c, test_grads.dtype)
         return (w.ckpts.params, lrs, chunk.data, test_grads, scratch, None)  # no gradient map
 
-    out = profile(fn, make_args, useful, rate, s.repeats)
+    out = profile(fn, make_args, useful, rate, s.repeats, stream)
     return {
         "kernel": "train_x_test",
         "workload": wl,
@@ -441,12 +518,15 @@ def run(preset: str) -> dict:
     t_start = time.perf_counter()
     res = results_header("kernel_profile", preset, s)
     res["matmul"] = bench_matmul(s.matmul_size, 5)
-    rate = res["matmul"]["gflops_per_s"]
+    res["stream"] = bench_stream()
+    rate, stream = res["matmul"]["gflops_per_s"], res["stream"]["roofline_bytes_per_s"]
     res["kernels"] = [
-        profile_self_influence(s, wl, m, rate) for wl, models in s.workloads.items() for m in models
+        profile_self_influence(s, wl, m, rate, stream)
+        for wl, models in s.workloads.items()
+        for m in models
     ]
     if s.matrix is not None:
-        res["kernels"].append(profile_matrix(s, rate))
+        res["kernels"].append(profile_matrix(s, rate, stream))
     res["matmul_after"] = bench_matmul(s.matmul_size, 5)
     res["loadavg_after"] = loadavg()
     res["wall_s"] = time.perf_counter() - t_start
@@ -457,22 +537,36 @@ def _f(x, fmt=".2f") -> str:
     return "" if x is None else format(x, fmt)
 
 
+def _non_matmul_gbs(cats: dict) -> float | None:
+    rest = [c for name, c in cats.items() if name != "matmul"]
+    t = sum(c["s_per_call"] for c in rest)
+    return sum(c["bytes_per_call"] for c in rest) / t / 1e9 if t else None
+
+
 def markdown(r: dict) -> str:
     lines = markdown_head("Kernel profile: where the per-event kernels' time goes", r)
     lines += [
-        f"Matmul after the kernels: {r['matmul_after']['gflops_per_s']:.1f} GFLOP/s.",
+        f"Matmul after the kernels: {r['matmul_after']['gflops_per_s']:.1f} GFLOP/s. "
+        "Memory rates (`x * a + b` bytes read + written, `sum(x)` bytes read; float32): "
+        + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in r["stream"]["bytes_per_s"].items())
+        + " GB/s; the roofline takes the fastest.",
         "",
         "One chunk of each kernel on its workload's heaviest bucket (K checkpoints in one call); "
         "wall = median of steady calls without the profiler; shares = of the summed thunk time "
         "(XLA's CPU thunks under `jax.profiler.trace`); *matmul ops* = dots and fusions holding "
         "one, at XLA's own FLOP count; *bound if only matmuls* = the fraction of matmul the "
         "kernel would reach if its other thunks took no time; *bound at peak* = also with its "
-        "matmuls at the large-matmul rate (useful / executed matmul FLOPs).",
+        "matmuls at the large-matmul rate (useful / executed matmul FLOPs); *roofline bound* "
+        "= every executed op at its floor, its matmul FLOPs at the matmul rate or the bytes it "
+        "must move at the fastest memory rate, whichever is slower (what this op graph could "
+        "reach on this machine); *non-matmul GB/s* = the bytes the other ops move over their "
+        "time.",
         "",
         "| workload | model | kernel | bucket (chunk) | wall ms | fraction of matmul "
         "(useful) | matmul share | matmul ops GFLOP/s (fraction) | elementwise | reduce | "
-        "gather+scatter | copy/layout+slice | sort | bound if only matmuls | bound at peak |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "gather+scatter | copy/layout+slice | sort | non-matmul GB/s | bound if only matmuls | "
+        "bound at peak | roofline bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k in r["kernels"]:
         c = k["categories"]
@@ -488,7 +582,8 @@ def markdown(r: dict) -> str:
             f"{_f(k['matmul_ops_gflops_per_s'], '.1f')} ({_f(k['matmul_ops_fraction_of_matmul'])}) "
             f"| {share('elementwise')} | {share('reduce')} | {share('gather', 'scatter')} | "
             f"{share('copy/layout', 'slice/update')} | {share('sort')} | "
-            f"{_f(k['bound_matmul_only'])} | {_f(k['bound_matmul_at_peak'])} |"
+            f"{_f(_non_matmul_gbs(c), '.1f')} | {_f(k['bound_matmul_only'])} | "
+            f"{_f(k['bound_matmul_at_peak'])} | {_f(k['bound_roofline'])} |"
         )
     for k in r["kernels"]:
         lines += [
@@ -498,8 +593,9 @@ def markdown(r: dict) -> str:
             f"{k['n_ops']} instructions; thunk time {1e3 * k['thunk_s_per_call']:.1f} ms per "
             f"call, {k['thunk_s_over_wall']:.2f}x the wall time.",
             "",
-            "| op | category | shape | runs per call | ms per call | share | GFLOP/s | fused |",
-            "|---|---|---|---|---|---|---|---|",
+            "| op | category | shape | runs per call | ms per call | share | GFLOP/s | GB/s | "
+            "floor ms | fused |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         total = k["thunk_s_per_call"]
         for o in [o for o in k["ops"] if o["category"] != "control"][:8]:
@@ -507,7 +603,8 @@ def markdown(r: dict) -> str:
             lines.append(
                 f"| {o['op']} | {o['category']} | {o['shape']} | {o['runs_per_call']:g} | "
                 f"{1e3 * o['s_per_call']:.2f} | {100 * o['s_per_call'] / total:.0f}% | "
-                f"{_f(o['gflops_per_s'], '.1f')} | {fused} |"
+                f"{_f(o['gflops_per_s'], '.1f')} | {_f(o['gb_per_s'], '.1f')} | "
+                f"{1e3 * o['roofline_s_per_call']:.2f} | {fused} |"
             )
     return "\n".join(lines) + "\n"
 
