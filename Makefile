@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tracin_throughput.py --preset ref
 	$(BIN)/python -m benchmarks.projection_throughput
 	$(BIN)/python -m benchmarks.layer_capture
+	$(BIN)/python -m benchmarks.kernel_profile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

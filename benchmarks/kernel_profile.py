@@ -25,8 +25,9 @@ Three bounds follow from it and are what the closing notes quote: the fraction o
 rate the kernel would reach if only its matmul thunks took time (at their measured speed); if
 its matmuls also ran at the large-matmul rate; and the roofline, every executed op at the larger
 of its matmul FLOPs over the matmul rate and the bytes it must move over the fastest memory rate
-measured in the run (an upper bound for this op graph on this machine). Thunk times are summed over threads (XLA may run two
-independent thunks at once), so shares are of the summed thunk time; the wall time is apart.
+measured in the run (an upper bound for this op graph on this machine). Thunk times are summed
+over threads (XLA may run two independent thunks at once), so shares are of the summed thunk
+time; the wall time is apart.
 
 Writes ``OUT/kernel_profile_<device>.json`` (every op) and ``.md`` (the summary and each
 kernel's heaviest ops).
