@@ -448,47 +448,66 @@ def _bucket_label(layout, bk) -> str:
     return f"{bk.n_node} nodes x {bk.width} ({e} edge slots)"
 
 
-def profile_self_influence(s: Settings, wl: str, model: str, rate: float, stream: float) -> dict:
+def _kernel_case(s: Settings, wl: str, model: str, kernel: str):
+    """A workload's model, layout and the chunk to profile (:func:`heaviest_bucket_chunk`), and
+    the head of the kernel's results."""
     spec = WORKLOADS[wl]
     w = make_workload(spec, model, s.n_checkpoints, 1e-3)
     layout = layout_for(w.model)
     c = spec.chunk_sizes[0]
     bk, chunk = heaviest_bucket_chunk(w, layout, c)
-    k = len(w.ckpts)
-    useful = k * (_chunk_useful(w, chunk) + 2.0 * w.n_params * len(chunk.positions))
-    kernel = per_example.self_influence_kernel(layout)
-    fn = jax.jit(lambda p, lr, data: kernel(p, lr, data))
-    print(f"{wl}/{model}: self-influence, chunk {c}, {_bucket_label(layout, bk)}", flush=True)
-    args = (w.ckpts.params, w.ckpts.lr_array(), chunk.data)
-    out = profile(fn, lambda: args, useful, rate, s.repeats, stream)
-    return {
-        "kernel": "self_influence",
+    head = {
+        "kernel": kernel,
         "workload": wl,
         "model": model,
         "n_params": w.n_params,
-        "n_checkpoints": k,
+        "n_checkpoints": len(w.ckpts),
         "chunk_size": c,
         "events_in_chunk": len(chunk.positions),
         "bucket": _bucket_label(layout, bk),
         "bucket_events": len(bk.positions),
-        **out,
     }
+    print(f"{wl}/{model}: {kernel}, chunk {c}, {head['bucket']}", flush=True)
+    return w, layout, chunk, head
+
+
+def profile_self_influence(s: Settings, wl: str, model: str, rate: float, stream: float) -> dict:
+    w, layout, chunk, head = _kernel_case(s, wl, model, "self_influence")
+    k = len(w.ckpts)
+    useful = k * (_chunk_useful(w, chunk) + 2.0 * w.n_params * len(chunk.positions))
+    kernel = per_example.self_influence_kernel(layout)
+    fn = jax.jit(lambda p, lr, data: kernel(p, lr, data))
+    args = (w.ckpts.params, w.ckpts.lr_array(), chunk.data)
+    out = profile(fn, lambda: args, useful, rate, s.repeats, stream)
+    # the training gradient in the same formulation: one ordinary gradient of the chunk's
+    # summed loss through the same layout and model code (checkpoint 0), timed alone
+    grad = per_example.batch_grad_kernel(layout)
+    p0 = w.ckpts.at(0)
+    jax.block_until_ready(grad(p0, chunk.data))
+    times = []
+    for _ in range(s.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(grad(p0, chunk.data))
+        times.append(time.perf_counter() - t0)
+    g_s = statistics.median(times)
+    layout_grad = {
+        "wall_s": g_s,
+        "fraction_of_matmul": _chunk_useful(w, chunk) / g_s / 1e9 / rate,
+        # self-influence per checkpoint over one ordinary gradient of the same chunk
+        "overhead_ratio": out["wall_s"] / k / g_s,
+    }
+    return {**head, **out, "layout_training_gradient": layout_grad}
 
 
 def profile_matrix(s: Settings, rate: float, stream: float) -> dict:
     wl, model, n_test = s.matrix
-    spec = WORKLOADS[wl]
-    w = make_workload(spec, model, s.n_checkpoints, 1e-3)
-    layout = layout_for(w.model)
-    c = spec.chunk_sizes[0]
-    bk, chunk = heaviest_bucket_chunk(w, layout, c)
-    k, p = len(w.ckpts), ravel_pytree(w.ckpts.at(0))[0].shape[0]
+    w, layout, chunk, head = _kernel_case(s, wl, model, "train_x_test")
+    k, p, c = len(w.ckpts), ravel_pytree(w.ckpts.at(0))[0].shape[0], head["chunk_size"]
     test_grads = jnp.zeros((n_test, k, p), jnp.float32)  # values do not change the time
     gram = 2.0 * n_test * len(chunk.positions) * k * p
     useful = gram + k * _chunk_useful(w, chunk)
     # the library's own jitted kernel, which donates its scratch: a new one for every call
     fn = tracin._train_test_kernel(layout)
-    print(f"{wl}/{model}: train x test, chunk {c} x {n_test} test", flush=True)
     lrs = w.ckpts.lr_array()
 
     def make_args():
@@ -496,20 +515,7 @@ def profile_matrix(s: Settings, rate: float, stream: float) -> dict:
         return (w.ckpts.params, lrs, chunk.data, test_grads, scratch, None)  # no gradient map
 
     out = profile(fn, make_args, useful, rate, s.repeats, stream)
-    return {
-        "kernel": "train_x_test",
-        "workload": wl,
-        "model": model,
-        "n_params": w.n_params,
-        "n_checkpoints": k,
-        "chunk_size": c,
-        "events_in_chunk": len(chunk.positions),
-        "n_test": n_test,
-        "gram_flops": gram,
-        "bucket": _bucket_label(layout, bk),
-        "bucket_events": len(bk.positions),
-        **out,
-    }
+    return {**head, "n_test": n_test, "gram_flops": gram, **out}
 
 
 def run(preset: str) -> dict:
@@ -586,6 +592,25 @@ def markdown(r: dict) -> str:
             f"{_f(_non_matmul_gbs(c), '.1f')} | {_f(k['bound_matmul_only'])} | "
             f"{_f(k['bound_matmul_at_peak'])} | {_f(k['bound_roofline'])} |"
         )
+    lines += [
+        "",
+        "The training gradient in the kernels' own formulation (`per_example.batch_grad_kernel`: "
+        "one ordinary gradient of the same chunk's summed loss through the same layout and "
+        "model code, checkpoint 0): its time, its fraction of matmul in useful FLOPs, and the "
+        "overhead ratio of self-influence per checkpoint against it.",
+        "",
+        "| workload | model | training gradient ms (chunk) | fraction of matmul | "
+        "self-influence overhead ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for k in r["kernels"]:
+        g = k.get("layout_training_gradient")
+        if g:
+            lines.append(
+                f"| {k['workload']} | {k['model']} | {1e3 * g['wall_s']:.1f} "
+                f"({k['events_in_chunk']}) | {g['fraction_of_matmul']:.2f} | "
+                f"{g['overhead_ratio']:.2f} |"
+            )
     for k in r["kernels"]:
         lines += [
             "",
