@@ -73,7 +73,9 @@ from hepattr_jax.models import (
     count_params,
     make_model,
 )
-from hepattr_jax.per_example import NeighbourLayout, layout_for
+from hepattr_jax.per_example import NeighbourLayout, layout_for, neighbour_mean_loss
+from hepattr_jax.train import batches as train_batches
+from hepattr_jax.train import neighbour_training_shape
 
 REF_N_PARAMS = 46_081  # edgeconv-64 with 7 node features, from the workload spec
 GRAPH_MODEL_NAMES = ("edgeconv", "interaction", "gcn")  # general GNNs, on every workload
@@ -614,30 +616,40 @@ def bench_self_influence(w: Workload, chunk_size: int, repeats: int, matmul_rate
 
 
 def bench_training_grad(w: Workload, repeats: int, matmul_rate: float) -> dict:
-    """One ordinary gradient pass over the train events, as training takes it: ``jit(grad(
-    losses.mean_loss))`` at checkpoint 0 over ``GraphSet.training_batch`` batches padded to
-    ``batch_budget(batch_size)`` (train.py's worst-case budget), host-side batching included."""
+    """One ordinary gradient pass over the train events, as training takes it: the gradient of
+    the batch's mean loss at checkpoint 0 over ``train.batches`` (GraphsTuple batches padded to
+    ``batch_budget(batch_size)``, train.py's worst-case budget, or, for a model that builds a
+    dynamic kNN, neighbour-layout batches: ``train.neighbour_training_shape``), host-side
+    batching included."""
     b = w.spec.training_batch_size
     gs, params = w.train, w.ckpts.at(0)
     budget = gs.batch_budget(b)
-    grad_fn = jax.jit(jax.grad(functools.partial(mean_loss, w.model.apply)))
+    example = gs.training_batch(np.arange(min(b, len(gs))), budget)
+    shape = neighbour_training_shape(w.model, gs, example)
+    loss = mean_loss if shape is None else neighbour_mean_loss
+    grad_fn = jax.jit(jax.grad(functools.partial(loss, w.model.apply)))
 
     def run():
-        for s in range(0, len(gs), b):
-            batch = gs.training_batch(np.arange(s, min(s + b, len(gs))), budget)
+        for batch in train_batches(gs, b, budget, None, shape):
             jax.block_until_ready(grad_fn(params, batch))
 
     t = time_calls(run, repeats)
     n_batches = -(-len(gs) // b)
+    if shape is None:
+        node_slots, edge_slots = n_batches * (budget.n_node - 1), n_batches * (budget.n_edge - 1)
+    else:  # every event padded to the shape
+        node_slots = n_batches * b * shape[0]
+        edge_slots = node_slots * shape[1]
     useful = set_grad_flops(w.model, gs)
     rate = useful / t["median_s"] / 1e9
     return {
         **t,
         "batch_size": b,
+        "layout": "graphstuple" if shape is None else f"neighbour {shape}",
         "budget": budget._asdict(),
         "n_batches": n_batches,
-        "padding_node_share": 1 - gs.events.n_node.sum() / (n_batches * (budget.n_node - 1)),
-        "padding_edge_share": 1 - gs.n_edge.sum() / (n_batches * (budget.n_edge - 1)),
+        "padding_node_share": 1 - gs.events.n_node.sum() / node_slots,
+        "padding_edge_share": 1 - gs.n_edge.sum() / edge_slots,
         "events_per_s": len(gs) / t["median_s"],
         "useful_flops_per_pass": useful,
         "useful_gflops_per_s": rate,
@@ -942,8 +954,7 @@ def _workload_md(name: str, wres: dict, k: int) -> list[str]:
         tr, ref = m["training_grad"], m["reference_loop"]
         lines.append(
             f"| {m['model']} | {tr['events_per_s']:.0f} | {tr['useful_gflops_per_s']:.1f} "
-            f"({tr['fraction_of_matmul']:.2f}) | {tr['batch_size']} events, "
-            f"{tr['budget']['n_node']} nodes, {tr['budget']['n_edge']} edges "
+            f"({tr['fraction_of_matmul']:.2f}) | {_training_batch_md(tr)} "
             f"({tr['padding_node_share']:.0%}) | {ref['events_per_s']:.1f} "
             f"({ref['n_events_timed']} events, {ref['n_shapes']} shapes) "
             f"| {m['max_rel_diff_vs_reference']:.1e} |"
@@ -970,6 +981,16 @@ def _workload_md(name: str, wres: dict, k: int) -> list[str]:
                 f"| {b['hand_flops_real_mean'] / 1e6:.3g} | {_g(temp and temp / 1e6, '.1f')} |"
             )
     return lines + [""]
+
+
+def _training_batch_md(tr: dict) -> str:
+    """How the training-gradient baseline batches its events (older results: GraphsTuple)."""
+    layout = tr.get("layout", "graphstuple")
+    if layout != "graphstuple":
+        return f"{tr['batch_size']} events, {layout}"
+    return (
+        f"{tr['batch_size']} events, {tr['budget']['n_node']} nodes, {tr['budget']['n_edge']} edges"
+    )
 
 
 def _matrix_md(mres: dict) -> list[str]:

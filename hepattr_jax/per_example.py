@@ -213,6 +213,18 @@ def neighbour_stack(
     return NeighbourExample(graph, label, valid)
 
 
+def neighbour_loss(apply_fn: Callable, params: Params, ex: NeighbourExample) -> jax.Array:
+    """One event's loss in the neighbour-list layout (0 in a filler slot): what the kernels
+    differentiate per event, and what training averages over a batch of them."""
+    return jnp.where(ex.valid, bce_with_logits(apply_fn(params, ex.graph)[0], ex.label), 0.0)
+
+
+def neighbour_mean_loss(apply_fn: Callable, params: Params, batch: NeighbourExample) -> jax.Array:
+    """Mean loss over the real events of a ``[B, ...]`` neighbour-layout batch."""
+    losses = jax.vmap(neighbour_loss, in_axes=(None, None, 0))(apply_fn, params, batch)
+    return losses.sum() / jnp.maximum(batch.valid.sum(), 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class NeighbourLayout:
     """Per-event neighbour-list layout for models written against :mod:`hepattr_jax.graph_ops`.
@@ -254,7 +266,7 @@ class NeighbourLayout:
         return self.model.apply(params, ex.graph)[0]
 
     def loss_one(self, params: Params, ex: NeighbourExample) -> jax.Array:
-        return jnp.where(ex.valid, bce_with_logits(self.logit_one(params, ex), ex.label), 0.0)
+        return neighbour_loss(self.model.apply, params, ex)
 
     def margin_one(self, params: Params, ex: NeighbourExample) -> jax.Array:
         """The logit margin of the event's true class, ``(2y - 1) z`` (0 in filler slots)."""

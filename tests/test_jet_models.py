@@ -156,3 +156,34 @@ def test_part_pair_bias_and_pooling_options():
         assert np.all(np.isfinite(jax.jit(model.apply)(params, batch.graphs)))
     with pytest.raises(ConfigError, match="pooling"):
         make_model("part", pooling="max").init(jax.random.key(0), batch.graphs)
+
+
+@pytest.mark.parametrize("name", ["particlenet", pytest.param("dynedge", marks=SLOW), "edgeconv"])
+def test_training_batches_in_the_neighbour_layout_give_the_same_loss_and_gradient(name):
+    """train.py trains a model that builds a dynamic kNN on neighbour-layout batches (one
+    shape fitting every event): the loss and gradient equal those of the GraphsTuple batch of
+    the same events (float64); a model without one keeps GraphsTuple batches."""
+    from functools import partial
+
+    from hepattr_jax.per_example import neighbour_mean_loss
+    from hepattr_jax.train import batches, neighbour_training_shape
+
+    with jax.enable_x64(True):
+        gs = build_graphs(_events(seed=4), "knn:3")
+        model = make_model(name, **TINY.get(name, {}))
+        pos = np.random.default_rng(0).permutation(len(gs))[:7]
+        budget = gs.batch_budget(8)
+        batch = gs.training_batch(pos, budget)
+        (params,) = init_params(model, batch.graphs, range(1), jnp.float64)  # as train() does
+        shape = neighbour_training_shape(model, gs, batch)  # first: a cached trace is no use
+        if name == "edgeconv":
+            assert shape is None
+            return
+        assert shape == (int(gs.events.n_node.max()), 3, False)
+        (stack,) = batches(gs, 8, budget, pos, shape)
+        ref = jax.value_and_grad(partial(mean_loss, model.apply))(params, batch)
+        new = jax.value_and_grad(partial(neighbour_mean_loss, model.apply))(params, stack)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(ref), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
