@@ -158,7 +158,12 @@ def test_part_pair_bias_and_pooling_options():
         make_model("part", pooling="max").init(jax.random.key(0), batch.graphs)
 
 
-@pytest.mark.parametrize("name", ["particlenet", pytest.param("dynedge", marks=SLOW), "edgeconv"])
+# float64 gradients of a jet model on both batch layouts: about 25 s of compiling per model, so
+# make test runs them; make test-fast checks that a model without a dynamic kNN keeps its batches
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param("particlenet", marks=SLOW), pytest.param("dynedge", marks=SLOW), "edgeconv"],
+)
 def test_training_batches_in_the_neighbour_layout_give_the_same_loss_and_gradient(name):
     """train.py trains a model that builds a dynamic kNN on neighbour-layout batches (one
     shape fitting every event): the loss and gradient equal those of the GraphsTuple batch of
