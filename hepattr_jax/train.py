@@ -140,18 +140,20 @@ def batches(
 
 def neighbour_training_shape(model, gs: GraphSet, example: Batch) -> tuple[int, int, bool] | None:
     """The one neighbour-layout shape ``(n_node, width, dense)`` that fits every event of
-    ``gs``, when ``model`` trains faster in that layout than on GraphsTuple batches; else None.
+    ``gs`` when ``model`` builds a dynamic kNN (it then trains on neighbour-layout batches);
+    else None (GraphsTuple batches).
 
-    That is a model written against :mod:`hepattr_jax.graph_ops` that builds a dynamic kNN
-    (ParticleNet, DynEdge): on a GraphsTuple batch its kNN compares every pair of the batch's
-    node slots (``[n, n]`` for ``n`` = batch size x largest event), per event it compares
-    the event's own nodes. Measured on 4,096 jets of 16-96 constituents, kNN-16 edges, batches
-    of 128 (2026-12-07, 2-core CPU): one gradient step 101 -> 173 training events/s for
-    ParticleNet and 54 -> 143 for DynEdge; a training epoch (validation included) 29.9 -> 15.3
-    s and 72.0 -> 30.1 s. The models without a dynamic kNN run as fast or faster on GraphsTuple
-    batches (0.79-0.97x in this layout), so they keep them. The gradient is the same function
-    of the parameters (the same per-event losses averaged over the batch's events), up to float
-    rounding and the order of kNN near-ties; validation stays on GraphsTuple batches.
+    A model written against :mod:`hepattr_jax.graph_ops` that builds a dynamic kNN (ParticleNet,
+    DynEdge) compares every pair of a GraphsTuple batch's node slots (``[n, n]`` for ``n`` =
+    batch size x largest event); per event it compares the event's own nodes. Measured on 4,096
+    jets of 16-96 constituents, kNN-16 edges, batches of 128 (2026-12-07, 2-core CPU): one
+    gradient step 101 -> 173 training events/s for ParticleNet and 54 -> 143 for DynEdge; a
+    training epoch (validation included) 29.9 -> 15.3 s and 72.0 -> 30.1 s. Edgeconv,
+    interaction and gcn run 0.79-0.97x as fast in this layout, so they keep GraphsTuple
+    batches; so does ParT (no dynamic kNN), although its step ran 1.14x here. The gradient is
+    the same function of the parameters (the same per-event losses averaged over the batch's
+    events), up to float rounding and the order of kNN near-ties; validation stays on
+    GraphsTuple batches.
     """
     if not supports_neighbour_graphs(model):
         return None
