@@ -60,6 +60,7 @@ from benchmarks.tracin_throughput import (
     make_workload,
     preset_main,
     results_header,
+    time_calls,
 )
 from hepattr_jax import per_example, tracin
 from hepattr_jax.per_example import NeighbourLayout, layout_for
@@ -387,13 +388,8 @@ def bench_stream(sizes_mb=(1, 4, 16, 64, 256), repeats: int = 5) -> dict:
     for mb in sizes_mb:
         x = jnp.ones((mb * 2**20 // 4,), jnp.float32)
         for kind, (f, passes) in kinds.items():
-            jax.block_until_ready(f(x))
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(f(x))
-                ts.append(time.perf_counter() - t0)
-            rates[f"{kind} {mb}MB"] = passes * x.nbytes / statistics.median(ts)
+            t = time_calls(lambda f=f, x=x: jax.block_until_ready(f(x)), repeats)
+            rates[f"{kind} {mb}MB"] = passes * x.nbytes / t["median_s"]
     return {"bytes_per_s": rates, "roofline_bytes_per_s": max(rates.values())}
 
 
@@ -483,13 +479,7 @@ def profile_self_influence(s: Settings, wl: str, model: str, rate: float, stream
     # summed loss through the same layout and model code (checkpoint 0), timed alone
     grad = per_example.batch_grad_kernel(layout)
     p0 = w.ckpts.at(0)
-    jax.block_until_ready(grad(p0, chunk.data))
-    times = []
-    for _ in range(s.repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(grad(p0, chunk.data))
-        times.append(time.perf_counter() - t0)
-    g_s = statistics.median(times)
+    g_s = time_calls(lambda: jax.block_until_ready(grad(p0, chunk.data)), s.repeats)["median_s"]
     layout_grad = {
         "wall_s": g_s,
         "fraction_of_matmul": _chunk_useful(w, chunk) / g_s / 1e9 / rate,
